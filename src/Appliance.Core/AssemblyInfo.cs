@@ -1,0 +1,2 @@
+// The appliance drives Unix emulators over unix sockets; Windows is not a target.
+[assembly: System.Runtime.Versioning.UnsupportedOSPlatform("windows")]

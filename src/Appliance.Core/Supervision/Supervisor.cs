@@ -83,10 +83,7 @@ public sealed class Supervisor(
         await Task.WhenAll(_hosts.Values.Select(h => ReconcileAsync(h, ct)));
     }
 
-    public async Task StopAsync(CancellationToken ct)
-    {
-        foreach (var h in _hosts.Values) await h.DisposeAsync();
-    }
+    public async Task StopAsync(CancellationToken ct) => await DisposeAsync();
 
     public async ValueTask DisposeAsync()
     {

@@ -291,8 +291,11 @@ public sealed class VmHost : IAsyncDisposable
         };
     }
 
+    private int _disposed;
+
     public async ValueTask DisposeAsync()
     {
+        if (Interlocked.Exchange(ref _disposed, 1) == 1) return;
         await _cts.CancelAsync();
         _queue.Writer.TryComplete();
         try { await _loop.WaitAsync(TimeSpan.FromSeconds(5)); } catch (Exception) { }

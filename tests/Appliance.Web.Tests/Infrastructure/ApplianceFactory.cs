@@ -1,0 +1,162 @@
+using System.Net.Http.Json;
+using System.Text.Json;
+using Appliance.Core.Supervision;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Mvc.Testing;
+using Microsoft.Extensions.DependencyInjection;
+
+namespace Appliance.Web.Tests.Infrastructure;
+
+/// <summary>
+/// One real appliance per fixture: Kestrel on 127.0.0.1 with a random port, a fresh data folder and SQLite file,
+/// real QEMU under TCG and the demo guest.
+/// </summary>
+public class ApplianceFactory : WebApplicationFactory<Program>
+{
+    public string DataDir { get; }
+    private readonly Dictionary<string, string?> _settings;
+
+    public ApplianceFactory(string? dataDir = null, IDictionary<string, string?>? settings = null)
+    {
+        DataDir = dataDir ?? TestPaths.NewDataDir();
+        _settings = new Dictionary<string, string?>
+        {
+            ["Appliance:DataDirectory"] = DataDir,
+            ["Appliance:DemoGuestDirectory"] = TestPaths.DemoGuest,
+            ["Appliance:Accelerator"] = "tcg",
+            ["Appliance:HostMemoryReserveMiB"] = "1024",
+            ["Appliance:ShutdownTimeoutSeconds"] = "20",
+        };
+        if (settings is not null) foreach (var (k, v) in settings) _settings[k] = v;
+        UseKestrel(0);
+    }
+
+    protected override void ConfigureWebHost(IWebHostBuilder builder)
+    {
+        builder.UseEnvironment("Development");
+        foreach (var (k, v) in _settings) builder.UseSetting(k, v);
+    }
+
+    public Supervisor Supervisor => Services.GetRequiredService<Supervisor>();
+
+    /// <summary>A client for the API with the default (administrator) credentials.</summary>
+    public virtual HttpClient Api()
+    {
+        StartServer();
+        return CreateClient();
+    }
+
+    /// <summary>Adds the credentials <see cref="Api"/> uses to a websocket client.</summary>
+    public virtual void AuthorizeSocket(System.Net.WebSockets.ClientWebSocket ws) { }
+
+    public Uri BaseAddress
+    {
+        get
+        {
+            StartServer();
+            return ClientOptions.BaseAddress;
+        }
+    }
+
+    protected override void Dispose(bool disposing)
+    {
+        base.Dispose(disposing);
+        TestPaths.KillEmulatorsUnder(DataDir);
+    }
+
+    public override async ValueTask DisposeAsync()
+    {
+        await base.DisposeAsync();
+        TestPaths.KillEmulatorsUnder(DataDir);
+        GC.SuppressFinalize(this);
+    }
+}
+
+public static class ApiExtensions
+{
+    public static readonly JsonSerializerOptions Json = new(JsonSerializerDefaults.Web);
+
+    public static async Task<JsonElement> JsonAsync(this HttpResponseMessage r)
+    {
+        var text = await r.Content.ReadAsStringAsync();
+        return JsonDocument.Parse(text.Length == 0 ? "null" : text).RootElement.Clone();
+    }
+
+    public static async Task<JsonElement> CreateDemoVmAsync(this HttpClient c, string name, object? extra = null)
+    {
+        var body = new Dictionary<string, object?> { ["name"] = name, ["template"] = "demo" };
+        if (extra is not null)
+            foreach (var p in JsonSerializer.SerializeToElement(extra, Json).EnumerateObject()) body[p.Name] = p.Value;
+        var r = await c.PostAsJsonAsync("/api/v1/vms", body);
+        var json = await r.JsonAsync();
+        if (!r.IsSuccessStatusCode) throw new InvalidOperationException($"create {name}: {(int)r.StatusCode} {json}");
+        return json;
+    }
+
+    /// <summary>Runs a lifecycle action and waits for its job; returns the final job.</summary>
+    public static async Task<JsonElement> ActAsync(this HttpClient c, string vm, string action, string query = "")
+    {
+        var r = await c.PostAsync($"/api/v1/vms/{vm}/{action}?wait=true{query}", null);
+        var json = await r.JsonAsync();
+        if (!r.IsSuccessStatusCode) throw new InvalidOperationException($"{action} {vm}: {(int)r.StatusCode} {json}");
+        return json;
+    }
+
+    public static async Task<string> StateAsync(this HttpClient c, string vm) =>
+        (await (await c.GetAsync($"/api/v1/vms/{vm}")).JsonAsync()).GetProperty("state").GetString()!;
+
+    public static async Task<string> SerialLogAsync(this HttpClient c, string vm) =>
+        await c.GetStringAsync($"/api/v1/vms/{vm}/serial/log?bytes=1048576");
+
+    /// <summary>Polls the serial log until <paramref name="pattern"/> matches or the deadline passes.</summary>
+    public static async Task<System.Text.RegularExpressions.Match> WaitForSerialAsync(this HttpClient c, string vm, string pattern,
+        TimeSpan? timeout = null, Func<string, string>? select = null)
+    {
+        var deadline = DateTime.UtcNow + (timeout ?? TimeSpan.FromSeconds(30));
+        var rx = new System.Text.RegularExpressions.Regex(pattern);
+        string log = "";
+        while (DateTime.UtcNow < deadline)
+        {
+            log = await c.SerialLogAsync(vm);
+            var m = rx.Match(select is null ? log : select(log));
+            if (m.Success) return m;
+            await Task.Delay(100);
+        }
+        throw new TimeoutException($"'{pattern}' did not appear on {vm}'s serial console; last output:\n{log[Math.Max(0, log.Length - 2000)..]}");
+    }
+
+    /// <summary>Polls until the VM reaches <paramref name="state"/>.</summary>
+    public static async Task WaitForStateAsync(this HttpClient c, string vm, string state, TimeSpan? timeout = null)
+    {
+        var deadline = DateTime.UtcNow + (timeout ?? TimeSpan.FromSeconds(30));
+        var last = "";
+        while (DateTime.UtcNow < deadline)
+        {
+            last = await c.StateAsync(vm);
+            if (last == state) return;
+            await Task.Delay(50);
+        }
+        throw new TimeoutException($"{vm} stayed {last}, expected {state}");
+    }
+
+    /// <summary>The highest COUNTER value the guest has printed so far.</summary>
+    public static int LastCounter(string log)
+    {
+        var ms = System.Text.RegularExpressions.Regex.Matches(log, @"COUNTER (\d+)\r?\n");
+        return ms.Count == 0 ? -1 : int.Parse(ms[^1].Groups[1].Value);
+    }
+
+    /// <summary>Sends a line to the guest's serial shell over the serial websocket.</summary>
+    public static async Task SendSerialAsync(this ApplianceFactory f, string vm, string line)
+    {
+        using var ws = new System.Net.WebSockets.ClientWebSocket();
+        f.ConfigureSocket(ws);
+        var uri = new UriBuilder(f.BaseAddress) { Scheme = "ws", Path = $"/api/v1/vms/{vm}/serial" }.Uri;
+        await ws.ConnectAsync(uri, CancellationToken.None);
+        await ws.SendAsync(System.Text.Encoding.UTF8.GetBytes(line + "\n"), System.Net.WebSockets.WebSocketMessageType.Binary, true, CancellationToken.None);
+        await ws.CloseAsync(System.Net.WebSockets.WebSocketCloseStatus.NormalClosure, "done", CancellationToken.None);
+    }
+
+    /// <summary>Adds whatever credentials the fixture's API client uses to a raw websocket.</summary>
+    public static void ConfigureSocket(this ApplianceFactory f, System.Net.WebSockets.ClientWebSocket ws) => f.AuthorizeSocket(ws);
+}

@@ -47,7 +47,7 @@ public static class ApplianceHost
         s.AddHostedService(sp => sp.GetRequiredService<Supervisor>());
 
         s.ConfigureHttpJsonOptions(o => ApplianceJson.Configure(o.SerializerOptions));
-        s.AddProblemDetails();
+        s.AddProblemDetails(o => o.CustomizeProblemDetails = Problems.Normalize);
         s.AddExceptionHandler<Problems.ExceptionHandler>();
         s.AddOpenApi("v1", o => o.AddDocumentTransformer((doc, _, _) =>
         {

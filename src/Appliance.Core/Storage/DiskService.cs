@@ -72,6 +72,18 @@ public sealed class DiskService(IOptions<ApplianceOptions> options, IStorageStor
         return doc.RootElement.GetProperty("virtual-size").GetInt64();
     }
 
+    /// <summary>Deletes the files of layers whose rows are already gone.</summary>
+    public void DeleteFiles(Guid vmId, IEnumerable<DiskLayer> layers)
+    {
+        foreach (var l in layers)
+        {
+            var path = Absolute(l.File);
+            if (File.Exists(path)) File.Delete(path);
+        }
+        var dir = Path.Combine(DisksDir, Short(vmId));
+        if (Directory.Exists(dir) && !Directory.EnumerateFileSystemEntries(dir).Any()) Directory.Delete(dir);
+    }
+
     /// <summary>Removes every layer of a VM (the VM must be stopped); layers a checkpoint holds are kept by the caller.</summary>
     public async Task DeleteAllAsync(Guid vmId, IReadOnlySet<Guid>? keep = null, CancellationToken ct = default)
     {

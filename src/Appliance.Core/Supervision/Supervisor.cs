@@ -248,9 +248,11 @@ public sealed class Supervisor(
             var keep = LayersHeldByOthers is null ? null : await LayersHeldByOthers(current.Id, ct);
             if (keep is { Count: > 0 })
                 throw ApplianceError.Conflict("vm-has-checkpoints", $"VM '{current.Spec.Name}' has checkpoints; delete them first.");
+            // The rows go first (disk layer rows cascade); files only once the delete is committed.
+            var layers = await storage.LayersAsync(current.Id, ct);
             if (!await store.DeleteAsync(current.Id, expectedVersion, ct))
                 throw new ApplianceError(412, "precondition-failed", "Precondition failed", "The VM changed since you read it; read it again and retry.");
-            await disks.DeleteAllAsync(current.Id, null, ct);
+            disks.DeleteFiles(current.Id, layers);
             TryDelete(LogPath(current.Id));
             TryDelete(SerialLogPath(current.Id));
         });

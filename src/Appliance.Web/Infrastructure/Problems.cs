@@ -25,6 +25,28 @@ public static class Problems
         return p;
     }
 
+    /// <summary>Gives problems the framework writes itself (unknown route, wrong method, wrong media type) our stable types.</summary>
+    public static void Normalize(ProblemDetailsContext ctx)
+    {
+        var p = ctx.ProblemDetails;
+        if (p.Type?.StartsWith(TypePrefix, StringComparison.Ordinal) == true) return;
+        var (slug, detail) = p.Status switch
+        {
+            400 => ("bad-request", "The request is not valid."),
+            401 => ("unauthenticated", "Sign in or send a bearer token."),
+            403 => ("forbidden", "Your role does not allow this."),
+            404 => ("not-found", $"Nothing is served at {ctx.HttpContext.Request.Path}."),
+            405 => ("method-not-allowed", $"{ctx.HttpContext.Request.Method} is not allowed on {ctx.HttpContext.Request.Path}."),
+            413 => ("payload-too-large", "The request body is too large."),
+            415 => ("unsupported-media-type", $"Content-Type '{ctx.HttpContext.Request.ContentType}' is not accepted here; send application/json."),
+            429 => ("too-many-requests", "Too many requests; retry later."),
+            _ => ("error", p.Title ?? "The request failed."),
+        };
+        p.Type = TypePrefix + slug;
+        p.Detail ??= detail;
+        p.Instance ??= ctx.HttpContext.Request.Path;
+    }
+
     public static IResult Result(ApplianceError e, HttpContext? ctx = null) =>
         TypedResults.Problem(From(e, ctx));
 

@@ -1,11 +1,23 @@
+using Appliance.Core;
 using Appliance.Data;
 using Appliance.Web;
 using Microsoft.Extensions.Options;
 
 var builder = ApplianceHost.CreateBuilder(args);
+
+// Checked before the host starts so a bad setting stops the appliance with one line, not a logged stack trace.
+var settings = builder.Configuration.GetSection(ApplianceOptions.Section).Get<ApplianceOptions>() ?? new ApplianceOptions();
+if (new ApplianceOptionsValidator().Validate(null, settings) is { Failed: true } invalid)
+{
+    Console.Error.WriteLine("appliance: invalid configuration: " + string.Join("; ", invalid.Failures!));
+    return 2;
+}
+
 var app = builder.Build().Configure();
 try
 {
+    // Also run by StartupTasks (which the test host uses); here first so a refusal is one line, not a logged stack trace.
+    await app.Services.GetRequiredService<MigrationRunner>().RunAsync();
     await app.RunAsync();
     return 0;
 }

@@ -16,8 +16,11 @@ public class ApplianceFactory : WebApplicationFactory<Program>
     public string DataDir { get; }
     private readonly Dictionary<string, string?> _settings;
 
-    public ApplianceFactory(string? dataDir = null, IDictionary<string, string?>? settings = null)
+    private readonly Action<IServiceCollection>? _services;
+
+    public ApplianceFactory(string? dataDir = null, IDictionary<string, string?>? settings = null, Action<IServiceCollection>? services = null)
     {
+        _services = services;
         DataDir = dataDir ?? TestPaths.NewDataDir();
         _settings = new Dictionary<string, string?>
         {
@@ -35,6 +38,7 @@ public class ApplianceFactory : WebApplicationFactory<Program>
     {
         builder.UseEnvironment("Development");
         foreach (var (k, v) in _settings) builder.UseSetting(k, v);
+        if (_services is not null) builder.ConfigureServices(_services);
     }
 
     public Supervisor Supervisor => Services.GetRequiredService<Supervisor>();

@@ -10,7 +10,7 @@ want_test=0
 [[ "${1:-}" == "--test" ]] && want_test=1
 
 packages=(qemu-system-x86 qemu-utils busybox-static linux-image-cloud-amd64 cpio xz-utils zstd)
-(( want_test )) && packages+=(chromium websockify)
+(( want_test )) && packages+=(chromium websockify docker-compose)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -7,6 +7,7 @@ scripts/setup.sh --test
 mkdir -p build
 dotnet build Appliance.sln -c Debug --nologo --verbosity quiet
 scripts/lint-openapi.sh
+docker-compose -f docker-compose.yml config --quiet && echo "docker-compose.yml: valid"
 status=0
 dotnet test Appliance.sln -c Debug --no-build --nologo --verbosity quiet "$@" >build/test-output.txt 2>&1 || status=$?
 cat build/test-output.txt

@@ -86,6 +86,7 @@ public static class ApplianceHost
     private static string? FindWebRoot()
     {
         var published = Path.Combine(AppContext.BaseDirectory, "wwwroot");
+        if (Directory.Exists(Path.Combine(published, "lib"))) return published;
         for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
             if (File.Exists(Path.Combine(dir.FullName, "Appliance.sln")) && Directory.Exists(Path.Combine(dir.FullName, "wwwroot")))
                 return Path.Combine(dir.FullName, "wwwroot");

@@ -1,5 +1,6 @@
-using Appliance.Browser.Tests.Infrastructure;
 using Appliance.Web.Tests.Infrastructure;
+using Microsoft.Playwright;
+using static Microsoft.Playwright.Assertions;
 
 namespace Appliance.Browser.Tests;
 
@@ -16,17 +17,57 @@ public sealed class DashboardTests : IAsyncLifetime
         await _app.DisposeAsync();
     }
 
+    private async Task<IPage> OpenAsync(string path)
+    {
+        var page = await _browser.NewPageAsync();
+        await page.GotoAsync(new Uri(_app.BaseAddress, path).ToString());
+        return page;
+    }
+
     [Fact(Timeout = 90_000)]
     public async Task Dashboard_VmStartedThroughApi_RowTurnsRunningWithoutReload()
     {
         var c = _app.Api();
         await c.CreateDemoVmAsync("live");
-        var page = await _browser.NewPageAsync();
-        await page.GotoAsync(new Uri(_app.BaseAddress, "/").ToString());
+        var page = await OpenAsync("/");
         var state = page.Locator("tr[data-vm='live'] .state");
-        await Microsoft.Playwright.Assertions.Expect(state).ToHaveTextAsync("stopped");
-        await page.WaitForFunctionAsync("() => window.Blazor !== undefined");
+        await Expect(state).ToHaveTextAsync("stopped");
+        await Expect(page.Locator("tr[data-vm='live'] button[data-action='start']")).ToBeEnabledAsync();
         await c.ActAsync("live", "start");
-        await Microsoft.Playwright.Assertions.Expect(state).ToHaveTextAsync("running");
+        await Expect(state).ToHaveTextAsync("running");
+    }
+
+    [Fact(Timeout = 120_000)]
+    public async Task Dashboard_CreateFromFormAndStartByClick_DetailShowsGuestOutput()
+    {
+        var page = await OpenAsync("/");
+        var create = page.Locator("form.create button[type=submit]");
+        await Expect(create).ToBeEnabledAsync();
+        await page.FillAsync("form.create input[name=name]", "clicked");
+        await create.ClickAsync();
+        var row = page.Locator("tr[data-vm='clicked']");
+        await Expect(row.Locator(".state")).ToHaveTextAsync("stopped");
+        await row.Locator("button[data-action='start']").ClickAsync();
+        await Expect(row.Locator(".state")).ToHaveTextAsync("running", new() { Timeout = 30_000 });
+
+        await row.Locator("a", new() { HasText = "clicked" }).ClickAsync();
+        await Expect(page.Locator("[data-testid=state]")).ToHaveTextAsync("running");
+        await Expect(page.Locator("[data-testid=serial]")).ToContainTextAsync("COUNTER 2", new() { Timeout = 30_000 });
+        await page.ScreenshotAsync(new() { Path = Path.Combine(TestPaths.RepoRoot, "build", "dashboard-detail.png") });
+
+        await page.Locator("button[data-action='poweroff']").ClickAsync();
+        await Expect(page.Locator("[data-testid=state]")).ToHaveTextAsync("stopped", new() { Timeout = 30_000 });
+    }
+
+    [Fact(Timeout = 60_000)]
+    public async Task Dashboard_InvalidName_ShowsReasonAndCreatesNothing()
+    {
+        var page = await OpenAsync("/");
+        var create = page.Locator("form.create button[type=submit]");
+        await Expect(create).ToBeEnabledAsync();
+        await page.FillAsync("form.create input[name=name]", "Not Valid!");
+        await create.ClickAsync();
+        await Expect(page.Locator("form.create .error")).ToContainTextAsync("name");
+        Assert.Equal(0, (await (await _app.Api().GetAsync("/api/v1/vms")).JsonAsync()).GetProperty("total").GetInt32());
     }
 }

@@ -97,6 +97,11 @@ public sealed class LifecycleTests : IAsyncLifetime
     public async Task Poweroff_RunningGuest_StopsAtOnceAndCanStartAgain()
     {
         var vm = await BootAsync("pull");
+        var id = (await (await _c.GetAsync($"/api/v1/vms/{vm}")).JsonAsync()).GetProperty("id").GetString();
+        var log = await File.ReadAllLinesAsync(Path.Combine(_app.DataDir, "logs", $"{id}.log"));
+        Assert.StartsWith("=== ", log[0]);
+        Assert.Contains("/usr/bin/qemu-system-x86_64 -nodefaults", log[0]);
+        Assert.Contains($"-uuid {id}", log[0]);
         await _c.ActAsync(vm, "poweroff");
         Assert.Equal("stopped", await _c.StateAsync(vm));
         Assert.Empty(Directory.GetFiles(Path.Combine(_app.DataDir, "run"), "*", SearchOption.AllDirectories));

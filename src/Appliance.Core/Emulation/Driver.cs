@@ -10,6 +10,19 @@ public sealed record DeviceInfo(string Id, string Driver, string Bus, string? Sl
 /// <summary>Where a VM's runtime files live while it runs. Unix socket paths must stay within 107 bytes.</summary>
 public sealed record RuntimePaths(string RunDir)
 {
+    /// <summary>
+    /// <c>&lt;data&gt;/run/&lt;8 hex&gt;</c> when short enough for unix socket paths (107 bytes), else a short base under /tmp
+    /// named after a hash of the data directory, so two appliances never share it.
+    /// </summary>
+    public static RuntimePaths For(string dataDir, Guid vmId)
+    {
+        var shortId = vmId.ToString("N")[..8];
+        var preferred = Path.Combine(dataDir, "run", shortId);
+        if (System.Text.Encoding.UTF8.GetByteCount(Path.Combine(preferred, "serial.sock")) <= 100) return new RuntimePaths(preferred);
+        var hash = Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(dataDir)))[..8];
+        return new RuntimePaths(Path.Combine("/tmp", $"appliance-{hash}", shortId));
+    }
+
     public string QmpSocket => Path.Combine(RunDir, "qmp.sock");
     public string VncSocket => Path.Combine(RunDir, "vnc.sock");
     public string SerialSocket => Path.Combine(RunDir, "serial.sock");

@@ -50,14 +50,7 @@ public sealed class Supervisor(
     public string SerialLogPath(Guid vmId) => Path.Combine(LogsDir, $"{vmId}-serial.log");
 
     /// <summary>Unix socket paths may not exceed 107 bytes; when the data directory is deep, sockets move to a short base.</summary>
-    public RuntimePaths RuntimePathsFor(Guid vmId)
-    {
-        var shortId = vmId.ToString("N")[..8];
-        var preferred = Path.Combine(DataDir, "run", shortId);
-        if (Encoding.UTF8.GetByteCount(Path.Combine(preferred, "serial.sock")) <= 100) return new RuntimePaths(preferred);
-        var hash = Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(Encoding.UTF8.GetBytes(DataDir)))[..8];
-        return new RuntimePaths(Path.Combine("/tmp", $"appliance-{hash}", shortId));
-    }
+    public RuntimePaths RuntimePathsFor(Guid vmId) => RuntimePaths.For(DataDir, vmId);
 
     public VmSnapshot? Snapshot(Guid vmId) => _hosts.TryGetValue(vmId, out var h) ? h.Snapshot : null;
 

@@ -9,6 +9,7 @@ using Appliance.Data;
 using Appliance.Web.Apis;
 using Appliance.Web.Components;
 using Appliance.Web.Infrastructure;
+using Appliance.Web.Security;
 using Microsoft.Extensions.Options;
 using Scalar.AspNetCore;
 
@@ -57,6 +58,7 @@ public static class ApplianceHost
             return Task.CompletedTask;
         }));
         s.AddRazorComponents().AddInteractiveServerComponents();
+        builder.AddApplianceSecurity();
         return builder;
     }
 
@@ -64,20 +66,25 @@ public static class ApplianceHost
     {
         app.UseExceptionHandler();
         app.UseStatusCodePages();
+        app.UseSecurityHeaders();
         app.UseWebSockets(new WebSocketOptions { KeepAliveInterval = TimeSpan.FromSeconds(30) });
         app.UseStaticFiles();
+        app.UseApplianceSecurity();
         app.UseAntiforgery();
 
-        app.MapOpenApi("/openapi/{documentName}.json");
-        app.MapScalarApiReference("/api/docs", o => o.WithTitle("Appliance API").WithOpenApiRoutePattern("/openapi/{documentName}.json"));
+        // API documentation stays readable without signing in; it describes, it does not act.
+        app.MapOpenApi("/openapi/{documentName}.json").AllowAnonymous();
+        app.MapScalarApiReference("/api/docs", o => o.WithTitle("Appliance API").WithOpenApiRoutePattern("/openapi/{documentName}.json")).AllowAnonymous();
         app.MapHealthApi();
-        var api = app.MapGroup("/api/v1");
+        app.MapLoginEndpoints();
+        var api = app.MapGroup("/api/v1").WithRoleConvention();
+        api.MapSecurityApi();
         api.MapVmApi();
         api.MapLifecycleApi();
         api.MapImageApi();
         api.MapSerialApi();
 
-        app.MapStaticAssets();
+        app.MapStaticAssets().AllowAnonymous();
         app.MapRazorComponents<App>().AddInteractiveServerRenderMode();
         return app;
     }

@@ -21,8 +21,7 @@ public sealed class DashboardTests : IAsyncLifetime
     {
         var c = _app.Api();
         await c.CreateDemoVmAsync("live");
-        var page = await _browser.NewPageAsync();
-        await page.GotoAsync(new Uri(_app.BaseAddress, "/").ToString());
+        var page = await _browser.SignInAsync(_app);
         var state = page.Locator("tr[data-vm='live'] .state");
         await Microsoft.Playwright.Assertions.Expect(state).ToHaveTextAsync("stopped");
         await page.WaitForFunctionAsync("() => window.Blazor !== undefined");

@@ -125,6 +125,8 @@ public sealed class ApplianceOptionsValidator : IValidateOptions<ApplianceOption
         if (o.Accelerator is not ("auto" or "kvm" or "tcg")) f.Add($"Appliance:Accelerator '{o.Accelerator}' must be auto, kvm or tcg");
         if (o.ShutdownTimeoutSeconds is < 1 or > 3600) f.Add($"Appliance:ShutdownTimeoutSeconds {o.ShutdownTimeoutSeconds} must be 1..3600");
         if (o.HostMemoryReserveMiB < 0) f.Add($"Appliance:HostMemoryReserveMiB {o.HostMemoryReserveMiB} must be 0 or more");
+        if (!string.IsNullOrWhiteSpace(o.QemuRunAsUser) && Appliance.Core.Emulation.QemuUser.Lookup(o.QemuRunAsUser) is null)
+            f.Add($"Appliance:QemuRunAsUser '{o.QemuRunAsUser}' is not an account on this host");
         if (o.MaxUploadBytes < 1) f.Add("Appliance:MaxUploadBytes must be positive");
         if (o.MaxJsonBodyBytes is < 1024 or > 64 * 1024 * 1024) f.Add("Appliance:MaxJsonBodyBytes must be 1024..67108864");
         return f.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(f);

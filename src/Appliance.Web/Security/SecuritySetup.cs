@@ -63,6 +63,7 @@ public static class SecuritySetup
         s.AddCascadingAuthenticationState();
         s.AddAntiforgery(o => o.HeaderName = CsrfHeader);
         s.AddRateLimiter(o => LoginThrottle.AddPolicy(o, security));
+        s.Configure<Microsoft.AspNetCore.OpenApi.OpenApiOptions>("v1", OpenApiSecurity.Add);
         return builder;
     }
 

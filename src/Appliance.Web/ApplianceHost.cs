@@ -9,6 +9,7 @@ using Appliance.Data;
 using Appliance.Web.Apis;
 using Appliance.Web.Components;
 using Appliance.Web.Infrastructure;
+using Appliance.Web.Security;
 using Microsoft.Extensions.Options;
 using Scalar.AspNetCore;
 
@@ -57,6 +58,7 @@ public static class ApplianceHost
             return Task.CompletedTask;
         }));
         s.AddRazorComponents().AddInteractiveServerComponents();
+        builder.AddApplianceSecurity();
         return builder;
     }
 
@@ -64,20 +66,25 @@ public static class ApplianceHost
     {
         app.UseExceptionHandler();
         app.UseStatusCodePages();
+        app.UseSecurityHeaders();
         app.UseWebSockets(new WebSocketOptions { KeepAliveInterval = TimeSpan.FromSeconds(30) });
         app.UseStaticFiles();
+        app.UseApplianceSecurity();
         app.UseAntiforgery();
 
-        app.MapOpenApi("/openapi/{documentName}.json");
-        app.MapScalarApiReference("/api/docs", o => o.WithTitle("Appliance API").WithOpenApiRoutePattern("/openapi/{documentName}.json"));
+        // API documentation stays readable without signing in; it describes, it does not act.
+        app.MapOpenApi("/openapi/{documentName}.json").AllowAnonymous();
+        app.MapScalarApiReference("/api/docs", o => o.WithTitle("Appliance API").WithOpenApiRoutePattern("/openapi/{documentName}.json")).AllowAnonymous();
         app.MapHealthApi();
-        var api = app.MapGroup("/api/v1");
+        app.MapLoginEndpoints();
+        var api = app.MapGroup("/api/v1").WithRoleConvention();
+        api.MapSecurityApi();
         api.MapVmApi();
         api.MapLifecycleApi();
         api.MapImageApi();
         api.MapSerialApi();
 
-        app.MapStaticAssets();
+        app.MapStaticAssets().AllowAnonymous();
         app.MapRazorComponents<App>().AddInteractiveServerRenderMode();
         return app;
     }
@@ -119,6 +126,8 @@ public sealed class ApplianceOptionsValidator : IValidateOptions<ApplianceOption
         if (o.Accelerator is not ("auto" or "kvm" or "tcg")) f.Add($"Appliance:Accelerator '{o.Accelerator}' must be auto, kvm or tcg");
         if (o.ShutdownTimeoutSeconds is < 1 or > 3600) f.Add($"Appliance:ShutdownTimeoutSeconds {o.ShutdownTimeoutSeconds} must be 1..3600");
         if (o.HostMemoryReserveMiB < 0) f.Add($"Appliance:HostMemoryReserveMiB {o.HostMemoryReserveMiB} must be 0 or more");
+        if (!string.IsNullOrWhiteSpace(o.QemuRunAsUser) && Appliance.Core.Emulation.QemuUser.Lookup(o.QemuRunAsUser) is null)
+            f.Add($"Appliance:QemuRunAsUser '{o.QemuRunAsUser}' is not an account on this host");
         if (o.MaxUploadBytes < 1) f.Add("Appliance:MaxUploadBytes must be positive");
         if (o.MaxJsonBodyBytes is < 1024 or > 64 * 1024 * 1024) f.Add("Appliance:MaxJsonBodyBytes must be 1024..67108864");
         return f.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(f);

@@ -1,3 +1,4 @@
+using Appliance.Browser.Tests.Infrastructure;
 using Appliance.Web.Tests.Infrastructure;
 using Microsoft.Playwright;
 using static Microsoft.Playwright.Assertions;
@@ -19,9 +20,7 @@ public sealed class DashboardTests : IAsyncLifetime
 
     private async Task<IPage> OpenAsync(string path)
     {
-        var page = await _browser.NewPageAsync();
-        await page.GotoAsync(new Uri(_app.BaseAddress, path).ToString());
-        return page;
+        return await _browser.SignInAsync(_app, path);
     }
 
     [Fact(Timeout = 90_000)]

@@ -60,7 +60,10 @@ public static class QemuCommandLine
         Add("-display", "none");
         Add("-vnc", $"unix:{ctx.Paths.VncSocket}");
         Add("-msg", "timestamp=on");
-        if (ctx.Sandbox) Add("-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
+        // QEMU 7.2's seccomp filter with elevateprivileges=deny also forbids the setuid that -runas makes (the process dies
+        // with SIGSYS); once QEMU has become the unprivileged user it has no way back to root, so "allow" costs nothing there.
+        if (ctx.Sandbox)
+            Add("-sandbox", $"on,obsolete=deny,elevateprivileges={(string.IsNullOrEmpty(ctx.RunAsUser) ? "deny" : "allow")},spawn=deny,resourcecontrol=deny");
         if (!string.IsNullOrEmpty(ctx.RunAsUser)) Add("-runas", ctx.RunAsUser);
         if (s.Firmware == "uefi" && ctx.FirmwarePath is not null) Add("-drive", $"if=pflash,format=raw,readonly=on,file={Escape(ctx.FirmwarePath)}");
 

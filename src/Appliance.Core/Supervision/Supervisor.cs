@@ -371,6 +371,7 @@ public sealed class Supervisor(
             CleanRunDir(paths);
             Directory.CreateDirectory(paths.RunDir);
             File.SetUnixFileMode(paths.RunDir, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+            if (ctx.RunAsUser is { } runAs) QemuUser.GrantAccess(runAs, paths.RunDir, ctx.DiskFiles.Values);
             var logPath = LogPath(h.Id);
             await File.AppendAllTextAsync(logPath,
                 $"=== {DateTimeOffset.UtcNow:O} starting {h.Vm.Spec.Name}: {string.Join(' ', plan.Argv.Select(QuoteForLog))}\n", ct);

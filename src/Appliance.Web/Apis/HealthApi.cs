@@ -28,7 +28,7 @@ public static class HealthApi
             var ok = dbc.Status == "ok" && emu.Status == "ok" && img.Status == "ok";
             var h = new Health(ok ? "ok" : "degraded", dbc, emu, img, sup.Accelerator.Accelerator, sup.Accelerator.Reason);
             return ok ? Results.Ok(h) : Results.Json(h, statusCode: 503);
-        }).WithTags("Health").WithName("Health").WithSummary("Database and emulator availability.")
+        }).AllowAnonymous().WithTags("Health").WithName("Health").WithSummary("Database and emulator availability.")
           .Produces<Health>(200).Produces<Health>(503);
     }
 }

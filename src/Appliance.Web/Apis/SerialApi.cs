@@ -3,6 +3,7 @@ using System.Text;
 using Appliance.Core.Errors;
 using Appliance.Core.Supervision;
 using Appliance.Data;
+using Appliance.Web.Security;
 
 namespace Appliance.Web.Apis;
 
@@ -13,7 +14,7 @@ public static class SerialApi
         var g = api.MapGroup("/vms/{id}/serial").WithTags("Serial console");
         g.MapGet("/log", Log).WithName("GetSerialLog").WithSummary("Recent serial output as text (the last `bytes`, default 64 KiB).")
             .Produces<string>(200, "text/plain").ProducesProblem(400).ProducesProblem(404);
-        g.MapGet("/", Socket).WithName("SerialWebSocket").WithSummary("WebSocket: live two-way serial console (binary or text frames).")
+        g.MapGet("/", Socket).RequireMinimumRole(Role.Operator).WithName("SerialWebSocket").WithSummary("WebSocket: live two-way serial console (binary or text frames).")
             .ProducesProblem(400).ProducesProblem(404).ProducesProblem(409);
         return g;
     }

@@ -29,6 +29,10 @@ public class ApplianceFactory : WebApplicationFactory<Program>
             ["Appliance:Accelerator"] = "tcg",
             ["Appliance:HostMemoryReserveMiB"] = "1024",
             ["Appliance:ShutdownTimeoutSeconds"] = "20",
+            ["Appliance:Security:AdminPassword"] = AdminPassword,
+            ["Appliance:Security:LoginPermitsPerClientPerMinute"] = "1000",
+            ["Appliance:Security:LoginPermitsPerUserPerMinute"] = "1000",
+            ["Appliance:Security:LoginFailureDelayMilliseconds"] = "50",
         };
         if (settings is not null) foreach (var (k, v) in settings) _settings[k] = v;
         UseKestrel(0);
@@ -43,15 +47,56 @@ public class ApplianceFactory : WebApplicationFactory<Program>
 
     public Supervisor Supervisor => Services.GetRequiredService<Supervisor>();
 
-    /// <summary>A client for the API with the default (administrator) credentials.</summary>
-    public virtual HttpClient Api()
+    public const string AdminPassword = "test-admin-password";
+    private string? _adminToken;
+    private int _users;
+
+    /// <summary>A client with no credentials that does not follow redirects.</summary>
+    public HttpClient Anonymous()
     {
         StartServer();
-        return CreateClient();
+        return new HttpClient(new SocketsHttpHandler { AllowAutoRedirect = false, UseCookies = false }) { BaseAddress = ClientOptions.BaseAddress };
+    }
+
+    /// <summary>A client for the API with the default (administrator) credentials: a bearer token from POST /api/v1/auth/token.</summary>
+    public virtual HttpClient Api()
+    {
+        _adminToken ??= TokenFor("admin", AdminPassword);
+        return WithToken(_adminToken);
+    }
+
+    public HttpClient WithToken(string token)
+    {
+        var c = Anonymous();
+        c.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", token);
+        return c;
+    }
+
+    public string TokenFor(string user, string password)
+    {
+        using var c = Anonymous();
+        var r = c.PostAsJsonAsync("/api/v1/auth/token", new { username = user, password }).GetAwaiter().GetResult();
+        var json = r.JsonAsync().GetAwaiter().GetResult();
+        if (!r.IsSuccessStatusCode) throw new InvalidOperationException($"token for {user}: {(int)r.StatusCode} {json}");
+        return json.GetProperty("token").GetString()!;
+    }
+
+    /// <summary>Creates a new user with <paramref name="role"/> (admin, operator, viewer) and returns a client signed in as them.</summary>
+    public HttpClient ClientFor(string role)
+    {
+        var name = $"{role}-{Interlocked.Increment(ref _users)}";
+        var password = $"pw-{Guid.NewGuid():N}";
+        var r = Api().PostAsJsonAsync("/api/v1/users", new { name, role, password }).GetAwaiter().GetResult();
+        if (!r.IsSuccessStatusCode) throw new InvalidOperationException($"create user {name}: {(int)r.StatusCode} {r.Content.ReadAsStringAsync().GetAwaiter().GetResult()}");
+        return WithToken(TokenFor(name, password));
     }
 
     /// <summary>Adds the credentials <see cref="Api"/> uses to a websocket client.</summary>
-    public virtual void AuthorizeSocket(System.Net.WebSockets.ClientWebSocket ws) { }
+    public virtual void AuthorizeSocket(System.Net.WebSockets.ClientWebSocket ws)
+    {
+        _adminToken ??= TokenFor("admin", AdminPassword);
+        ws.Options.SetRequestHeader("Authorization", "Bearer " + _adminToken);
+    }
 
     public Uri BaseAddress
     {

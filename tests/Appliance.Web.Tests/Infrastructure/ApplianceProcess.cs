@@ -101,8 +101,17 @@ public sealed class ApplianceProcess : IAsyncDisposable
         catch (OperationCanceledException) { _process.Kill(); }
     }
 
-    /// <summary>An API client with administrator rights.</summary>
-    public HttpClient Api() => new() { BaseAddress = BaseAddress };
+    /// <summary>An API client with administrator rights (a bearer token from the configured admin password).</summary>
+    public HttpClient Api()
+    {
+        var c = new HttpClient { BaseAddress = BaseAddress };
+        var r = c.PostAsync("/api/v1/auth/token", new StringContent(
+            $$"""{"username":"admin","password":"{{AdminPassword}}"}""", System.Text.Encoding.UTF8, "application/json")).GetAwaiter().GetResult();
+        r.EnsureSuccessStatusCode();
+        var token = System.Text.Json.JsonDocument.Parse(r.Content.ReadAsStringAsync().GetAwaiter().GetResult()).RootElement.GetProperty("token").GetString();
+        c.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", token);
+        return c;
+    }
 
     private static int FreePort()
     {

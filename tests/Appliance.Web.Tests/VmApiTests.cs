@@ -223,7 +223,7 @@ public sealed class VmApiTests : IClassFixture<VmApiTests.Fixture>
         Assert.True(post.GetProperty("responses").TryGetProperty("409", out _));
         Assert.True(post.GetProperty("requestBody").GetProperty("content").TryGetProperty("application/json", out _));
         var docs = await _c.GetAsync("/api/docs");
-        if (docs.StatusCode == HttpStatusCode.Found) docs = await _c.GetAsync(docs.Headers.Location!);
+        if (docs.StatusCode == HttpStatusCode.Found) docs = await _c.GetAsync(new Uri(docs.RequestMessage!.RequestUri!, docs.Headers.Location!));
         Assert.Equal(HttpStatusCode.OK, docs.StatusCode);
         Assert.Contains("text/html", docs.Content.Headers.ContentType!.ToString());
     }

@@ -43,6 +43,7 @@ public static class ApplianceHost
         s.AddSingleton<EventBus>();
         s.AddSingleton<JobTracker>();
         s.AddSingleton<Supervisor>();
+        s.AddConsole();
         // Order matters: the schema exists and the demo guest is in the library before the supervisor reconciles.
         s.AddHostedService<StartupTasks>();
         s.AddHostedService(sp => sp.GetRequiredService<Supervisor>());
@@ -83,6 +84,7 @@ public static class ApplianceHost
         api.MapLifecycleApi();
         api.MapImageApi();
         api.MapSerialApi();
+        app.MapConsoleApi(api);
 
         app.MapStaticAssets().AllowAnonymous();
         app.MapRazorComponents<App>().AddInteractiveServerRenderMode();

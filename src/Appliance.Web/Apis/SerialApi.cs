@@ -1,5 +1,6 @@
 using System.Net.WebSockets;
 using System.Text;
+using Appliance.Core.Console;
 using Appliance.Core.Errors;
 using Appliance.Core.Supervision;
 using Appliance.Data;
@@ -14,8 +15,9 @@ public static class SerialApi
         var g = api.MapGroup("/vms/{id}/serial").WithTags("Serial console");
         g.MapGet("/log", Log).WithName("GetSerialLog").WithSummary("Recent serial output as text (the last `bytes`, default 64 KiB).")
             .Produces<string>(200, "text/plain").ProducesProblem(400).ProducesProblem(404);
-        g.MapGet("/", Socket).RequireMinimumRole(Role.Operator).WithName("SerialWebSocket").WithSummary("WebSocket: live two-way serial console (binary or text frames).")
-            .ProducesProblem(400).ProducesProblem(404).ProducesProblem(409);
+        g.MapGet("/", Socket).AuthenticatedByTicket().WithName("SerialWebSocket")
+            .WithSummary("WebSocket: live two-way serial console (binary or text frames), opened with `?ticket=` from CreateConsoleTicket (`kind=serial`), or without one by an operator's session or bearer token.")
+            .ProducesProblem(400).ProducesProblem(401).ProducesProblem(403).ProducesProblem(404).ProducesProblem(409);
         return g;
     }
 
@@ -34,11 +36,20 @@ public static class SerialApi
         return TypedResults.Text(Encoding.UTF8.GetString(buf), "text/plain; charset=utf-8");
     }
 
-    private static async Task Socket(string id, HttpContext ctx, VmRepository repo, Supervisor sup, CancellationToken ct)
+    private static async Task Socket(string id, string? ticket, HttpContext ctx, VmRepository repo, Supervisor sup, ConsoleTickets tickets, CancellationToken ct)
     {
+        // Typing into a guest is an operator's right: without a ticket (which only operators can mint) the caller must be one.
+        if (ticket is null)
+        {
+            if (ctx.User.Identity?.IsAuthenticated != true)
+                throw new ApplianceError(401, "unauthenticated", "Authentication required", "Send a console ticket, a session cookie or a bearer token.");
+            if (Roles.Of(ctx.User) is not (Role.Operator or Role.Admin))
+                throw new ApplianceError(403, "forbidden", "Forbidden", "The serial console needs the operator role.");
+        }
         if (!ctx.WebSockets.IsWebSocketRequest)
             throw new ApplianceError(400, "websocket-required", "WebSocket required", "Open this endpoint as a WebSocket.");
-        var vm = await repo.GetAsync(id, ct);
+        ConsoleApi.CheckOrigin(ctx);
+        var vm = ticket is null ? await repo.GetAsync(id, ct) : (await ConsoleApi.RedeemAsync(ctx, id, ticket, ConsoleKind.Serial, repo, tickets, ct)).Vm;
         var serial = sup.Serial(vm.Id)
             ?? throw ApplianceError.Conflict("not-running", $"VM '{vm.Spec.Name}' has no serial console running (it is {sup.Snapshot(vm.Id)?.State.ToString().ToLowerInvariant()}).");
         using var ws = await ctx.WebSockets.AcceptWebSocketAsync();

@@ -161,7 +161,7 @@ public static class ApiExtensions
     public static async Task<System.Text.RegularExpressions.Match> WaitForSerialAsync(this HttpClient c, string vm, string pattern,
         TimeSpan? timeout = null, Func<string, string>? select = null)
     {
-        var deadline = DateTime.UtcNow + (timeout ?? TimeSpan.FromSeconds(30));
+        var deadline = DateTime.UtcNow + (timeout ?? TimeSpan.FromSeconds(60));
         var rx = new System.Text.RegularExpressions.Regex(pattern);
         string log = "";
         while (DateTime.UtcNow < deadline)

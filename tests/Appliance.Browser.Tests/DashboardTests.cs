@@ -52,6 +52,11 @@ public sealed class DashboardTests : IAsyncLifetime
         await row.Locator("a", new() { HasText = "clicked" }).ClickAsync();
         await Expect(page.Locator("[data-testid=state]")).ToHaveTextAsync("running");
         await Expect(page.Locator("[data-testid=serial]")).ToContainTextAsync("COUNTER 2", new() { Timeout = 30_000 });
+        await Expect(page.Locator("[data-testid=thumbnail]")).ToBeVisibleAsync();
+        await page.WaitForFunctionAsync("() => { const i = document.querySelector('[data-testid=thumbnail]'); return i && i.complete && i.naturalWidth === 480; }");
+        await page.Locator("button[data-action='embed']").ClickAsync();
+        var frame = page.FrameLocator("iframe.console-frame");
+        await Expect(frame.Locator("body")).ToHaveAttributeAsync("data-state", "connected", new() { Timeout = 30_000 });
         await page.ScreenshotAsync(new() { Path = Path.Combine(TestPaths.RepoRoot, "build", "dashboard-detail.png") });
 
         await page.Locator("button[data-action='poweroff']").ClickAsync();

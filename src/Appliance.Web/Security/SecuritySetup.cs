@@ -88,9 +88,9 @@ public static class SecuritySetup
             var docs = ctx.Request.Path.StartsWithSegments("/api/docs");
             h.ContentSecurityPolicy = "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
                 + (docs ? "script-src 'self' 'unsafe-inline'; font-src 'self' data:; " : "script-src 'self'; ")
-                + "object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'";
+                + "object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'self'";
             h.XContentTypeOptions = "nosniff";
-            h.XFrameOptions = "DENY";
+            h.XFrameOptions = "SAMEORIGIN"; // the dashboard embeds the console pages; no other site may
             h["Referrer-Policy"] = "no-referrer";
             h["Cross-Origin-Opener-Policy"] = "same-origin";
             return next(ctx);

@@ -38,7 +38,7 @@ public sealed class HardeningTests
         using var r = await app.Anonymous().GetAsync("/healthz");
         var csp = string.Join(' ', r.Headers.GetValues("Content-Security-Policy"));
         Assert.Contains("script-src 'self';", csp);
-        Assert.Contains("frame-ancestors 'none'", csp);
+        Assert.Contains("frame-ancestors 'self'", csp);
         Assert.Contains("connect-src 'self' ws: wss:", csp);
         Assert.Equal("nosniff", r.Headers.GetValues("X-Content-Type-Options").Single());
         Assert.Equal("no-referrer", r.Headers.GetValues("Referrer-Policy").Single());

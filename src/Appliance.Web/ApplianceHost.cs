@@ -45,6 +45,7 @@ public static class ApplianceHost
         // Order matters: the schema exists and the demo guest is in the library before the supervisor reconciles.
         s.AddHostedService<StartupTasks>();
         s.AddHostedService(sp => sp.GetRequiredService<Supervisor>());
+        s.AddCheckpoints(builder.Configuration);
 
         s.ConfigureHttpJsonOptions(o => ApplianceJson.Configure(o.SerializerOptions));
         s.AddProblemDetails();
@@ -76,6 +77,7 @@ public static class ApplianceHost
         api.MapLifecycleApi();
         api.MapImageApi();
         api.MapSerialApi();
+        api.MapCheckpointApi();
 
         app.MapStaticAssets();
         app.MapRazorComponents<App>().AddInteractiveServerRenderMode();

@@ -165,6 +165,10 @@ public static class CheckpointApi
         var type = ctx.Request.ContentType ?? "";
         if (!type.StartsWith("application/x-tar", StringComparison.OrdinalIgnoreCase) && !type.StartsWith("application/octet-stream", StringComparison.OrdinalIgnoreCase))
             throw new ApplianceError(415, "unsupported-media-type", "Unsupported media type", $"Send the archive as application/x-tar; got '{type}'.");
+        var max = ctx.RequestServices.GetRequiredService<Microsoft.Extensions.Options.IOptions<Appliance.Core.ApplianceOptions>>().Value.MaxUploadBytes;
+        if (ctx.Request.ContentLength > max)
+            throw new ApplianceError(413, "payload-too-large", "Request body too large", $"The archive exceeds the upload limit of {max} bytes.");
+        if (ctx.Features.Get<Microsoft.AspNetCore.Http.Features.IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false } f) f.MaxRequestBodySize = max;
         var (cp, diffs) = await archive.ImportAsync(ctx.Request.Body, vm, ct);
         var view = (await svc.ListAsync(cp.VmId, ct)).First(v => v.Record.Id == cp.Id);
         return TypedResults.Created($"/api/v1/checkpoints/{cp.Id}", new ImportResult(CheckpointResource.From(view, withManifest: true), diffs.Count == 0, diffs));

@@ -20,6 +20,12 @@ public sealed class CheckpointOptions
     /// <summary>How long a restore may wait for the emulator to take the whole stream.</summary>
     public int RestoreTimeoutSeconds { get; set; } = 120;
 
+    /// <summary>
+    /// Use QEMU's background snapshots (copy-on-write RAM through userfaultfd) for live checkpoints when the
+    /// host allows them; false always uses a live migration that pauses at its end.
+    /// </summary>
+    public bool BackgroundSnapshot { get; set; } = true;
+
     /// <summary>How long a save may take before it is abandoned.</summary>
     public int SaveTimeoutSeconds { get; set; } = 600;
 }
@@ -360,7 +366,7 @@ public sealed partial class CheckpointService(
 
         // The default max-bandwidth (128 MiB/s) would throttle even a stopped guest.
         await qmp.ExecuteAsync("migrate-set-parameters", new JsonObject { ["max-bandwidth"] = 0 }, ct);
-        var background = rec.Mode == "live" && wasRunning && await TrySetCapabilitiesAsync(qmp, background: true, ct);
+        var background = rec.Mode == "live" && wasRunning && options.Value.BackgroundSnapshot && await TrySetCapabilitiesAsync(qmp, background: true, ct);
         if (!background) await TrySetCapabilitiesAsync(qmp, background: false, ct);
 
         using var listener = StateStream.Listen(e.Paths.MigrationSocket);

@@ -47,6 +47,7 @@ public static class ApplianceHost
         // Order matters: the schema exists and the demo guest is in the library before the supervisor reconciles.
         s.AddHostedService<StartupTasks>();
         s.AddHostedService(sp => sp.GetRequiredService<Supervisor>());
+        s.AddCheckpoints(builder.Configuration);
 
         s.ConfigureHttpJsonOptions(o => ApplianceJson.Configure(o.SerializerOptions));
         s.AddProblemDetails(o => o.CustomizeProblemDetails = Problems.Normalize);
@@ -85,6 +86,7 @@ public static class ApplianceHost
         api.MapImageApi();
         api.MapSerialApi();
         app.MapConsoleApi(api);
+        api.MapCheckpointApi();
 
         app.MapStaticAssets().AllowAnonymous();
         app.MapRazorComponents<App>().AddInteractiveServerRenderMode();

@@ -143,7 +143,7 @@ public sealed class QmpClient : IAsyncDisposable
                     JsonElement? data = root.TryGetProperty("data", out var d) ? d : null;
                     var at = DateTimeOffset.UtcNow;
                     if (root.TryGetProperty("timestamp", out var ts) && ts.TryGetProperty("seconds", out var s) && ts.TryGetProperty("microseconds", out var us))
-                        at = DateTimeOffset.FromUnixTimeMilliseconds(s.GetInt64() * 1000 + us.GetInt64() / 1000);
+                        at = DateTimeOffset.FromUnixTimeSeconds(s.GetInt64()).AddTicks(us.GetInt64() * 10);
                     try { EventReceived?.Invoke(new QmpEvent(ev.GetString()!, data, at)); }
                     catch (Exception) { /* a faulty handler must not stop the reader */ }
                     continue;

@@ -353,18 +353,7 @@ public sealed class Supervisor(
         {
             await disks.EnsureDisksAsync(h.Id, spec, ct);
             var files = diskFiles ?? await disks.ActiveFilesAsync(h.Id, ct);
-            var ctx = new LaunchContext
-            {
-                VmId = h.Id, Spec = spec, Accelerator = Accelerator.Accelerator, Paths = paths,
-                SerialLogPath = SerialLogPath(h.Id), DiskFiles = files,
-                KernelPath = spec.KernelBoot is null ? null : await ImagePathAsync(spec.KernelBoot.Kernel, "kernelBoot.kernel", ct),
-                InitrdPath = spec.KernelBoot?.Initrd is null ? null : await ImagePathAsync(spec.KernelBoot.Initrd, "kernelBoot.initrd", ct),
-                CdromPath = spec.Cdrom is null ? null : await ImagePathAsync(spec.Cdrom, "cdrom", ct),
-                FirmwarePath = spec.Firmware == "uefi" ? LinuxHostInfo.OvmfPath : null,
-                Incoming = incoming,
-                Sandbox = options.Value.QemuSandbox,
-                RunAsUser = NativeProcess.geteuid() == 0 && !string.IsNullOrWhiteSpace(options.Value.QemuRunAsUser) ? options.Value.QemuRunAsUser : null,
-            };
+            var ctx = await LaunchContextAsync(h, files, incoming, ct);
             if (adjust is not null) ctx = adjust(ctx);
             var plan = driver.BuildLaunch(ctx);
 
@@ -415,6 +404,24 @@ public sealed class Supervisor(
             }
             throw;
         }
+    }
+
+    /// <summary>The launch context a start of <paramref name="h"/> would use now; checkpoints compare its plan with a manifest.</summary>
+    public async Task<LaunchContext> LaunchContextAsync(VmHost h, IReadOnlyDictionary<string, string> diskFiles, bool incoming, CancellationToken ct)
+    {
+        var spec = h.Vm.Spec;
+        return new LaunchContext
+        {
+            VmId = h.Id, Spec = spec, Accelerator = Accelerator.Accelerator, Paths = RuntimePathsFor(h.Id),
+            SerialLogPath = SerialLogPath(h.Id), DiskFiles = diskFiles,
+            KernelPath = spec.KernelBoot is null ? null : await ImagePathAsync(spec.KernelBoot.Kernel, "kernelBoot.kernel", ct),
+            InitrdPath = spec.KernelBoot?.Initrd is null ? null : await ImagePathAsync(spec.KernelBoot.Initrd, "kernelBoot.initrd", ct),
+            CdromPath = spec.Cdrom is null ? null : await ImagePathAsync(spec.Cdrom, "cdrom", ct),
+            FirmwarePath = spec.Firmware == "uefi" ? LinuxHostInfo.OvmfPath : null,
+            Incoming = incoming,
+            Sandbox = options.Value.QemuSandbox,
+            RunAsUser = NativeProcess.geteuid() == 0 && !string.IsNullOrWhiteSpace(options.Value.QemuRunAsUser) ? options.Value.QemuRunAsUser : null,
+        };
     }
 
     private async Task<QmpClient> ConnectQmpAsync(string socket, Task<int> exited, TimeSpan timeout, CancellationToken ct)

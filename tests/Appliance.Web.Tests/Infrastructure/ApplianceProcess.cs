@@ -104,13 +104,21 @@ public sealed class ApplianceProcess : IAsyncDisposable
     /// <summary>An API client with administrator rights (a bearer token from the configured admin password).</summary>
     public HttpClient Api()
     {
-        var c = new HttpClient { BaseAddress = BaseAddress };
+        var c = new HttpClient { BaseAddress = BaseAddress, Timeout = TimeSpan.FromSeconds(90) };
+        c.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", AdminToken());
+        return c;
+    }
+
+    /// <summary>Adds the same administrator credentials to a websocket.</summary>
+    public void AuthorizeSocket(System.Net.WebSockets.ClientWebSocket ws) => ws.Options.SetRequestHeader("Authorization", "Bearer " + AdminToken());
+
+    private string AdminToken()
+    {
+        using var c = new HttpClient { BaseAddress = BaseAddress };
         var r = c.PostAsync("/api/v1/auth/token", new StringContent(
             $$"""{"username":"admin","password":"{{AdminPassword}}"}""", System.Text.Encoding.UTF8, "application/json")).GetAwaiter().GetResult();
         r.EnsureSuccessStatusCode();
-        var token = System.Text.Json.JsonDocument.Parse(r.Content.ReadAsStringAsync().GetAwaiter().GetResult()).RootElement.GetProperty("token").GetString();
-        c.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", token);
-        return c;
+        return System.Text.Json.JsonDocument.Parse(r.Content.ReadAsStringAsync().GetAwaiter().GetResult()).RootElement.GetProperty("token").GetString()!;
     }
 
     private static int FreePort()

@@ -1,0 +1,215 @@
+#!/usr/bin/env python3
+"""Checkpoint save/restore through the appliance vs. raw QEMU doing the same by hand (the ceiling).
+
+Usage: bench/checkpoint/bench.py [runs]   (after `dotnet build`; uses build/demo-guest, TCG)
+Per guest size (256 MiB, 1 GiB) it boots one demo VM through the appliance and one raw QEMU with the
+same arguments, fills ~60% of RAM with random data, keeps dirtying memory, and times:
+  save    = POST checkpoint live (appliance)  vs  stop + blockdev-snapshot-sync + background-snapshot migrate to a unix-socket sink (raw)
+  pause   = guest pause (STOP -> RESUME events)
+  restore = POST restore (new QEMU, -incoming defer, stream fed)  vs  the same by hand
+Only the standard library; no shell anywhere."""
+import base64, hashlib, json, os, shutil, socket, sqlite3, subprocess, sys, tempfile, threading, time, urllib.request
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+GUEST = os.path.join(ROOT, "build", "demo-guest")
+DLL = os.path.join(ROOT, "src", "Appliance.Web", "bin", "Debug", "net10.0", "Appliance.Web.dll")
+RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+
+def http(method, url, body=None, timeout=600):
+    req = urllib.request.Request(url, method=method, data=None if body is None else json.dumps(body).encode(),
+                                 headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        t = r.read()
+        return json.loads(t) if t else None
+
+def ws_send(base, vm, line):
+    """A minimal websocket client: one masked binary frame to the serial console."""
+    host, port = base.split("//")[1].split(":")
+    s = socket.create_connection((host, int(port)))
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall(f"GET /api/v1/vms/{vm}/serial HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    s.recv(4096)
+    payload = (line + "\n").encode(); mask = os.urandom(4)
+    hdr = bytes([0x82, 0x80 | len(payload)]) if len(payload) < 126 else bytes([0x82, 0x80 | 126]) + len(payload).to_bytes(2, "big")
+    s.sendall(hdr + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+    time.sleep(0.2); s.close()
+
+def wait_serial(base, vm, text, timeout=300):
+    end = time.time() + timeout
+    while time.time() < end:
+        with urllib.request.urlopen(f"{base}/api/v1/vms/{vm}/serial/log?bytes=65536") as r:
+            if text in r.read().decode(errors="replace"): return
+        time.sleep(0.5)
+    raise TimeoutError(text)
+
+class Qmp:
+    def __init__(self, path):
+        self.s = socket.socket(socket.AF_UNIX); self.s.connect(path); self.f = self.s.makefile("rb")
+        self.events = []; self.lock = threading.Lock(); self.replies = {}; self.cv = threading.Condition(); self.n = 0
+        self.f.readline(); threading.Thread(target=self._read, daemon=True).start(); self.cmd("qmp_capabilities")
+    def _read(self):
+        for line in self.f:
+            m = json.loads(line)
+            with self.cv:
+                if "event" in m: self.events.append(m)
+                elif "id" in m: self.replies[m["id"]] = m
+                self.cv.notify_all()
+    def send(self, *cmds):
+        ids = []
+        buf = b""
+        for c, a in cmds:
+            self.n += 1; ids.append(self.n)
+            m = {"execute": c, "id": self.n}
+            if a is not None: m["arguments"] = a
+            buf += json.dumps(m).encode() + b"\n"
+        self.s.sendall(buf); return ids
+    def wait(self, i, timeout=60):
+        with self.cv:
+            self.cv.wait_for(lambda: i in self.replies, timeout)
+            r = self.replies.pop(i)
+        if "error" in r: raise RuntimeError(r["error"])
+        return r["return"]
+    def cmd(self, c, a=None): return self.wait(self.send((c, a))[0])
+    def wait_event(self, pred, timeout=120):
+        with self.cv:
+            self.cv.wait_for(lambda: any(pred(e) for e in self.events), timeout)
+            return next(e for e in self.events if pred(e))
+
+def ts(e): return e["timestamp"]["seconds"] + e["timestamp"]["microseconds"] / 1e6
+
+def raw_qemu(argv, run, disk, incoming=False):
+    a = [x for x in argv]
+    out = []
+    i = 0
+    while i < len(a):
+        x = a[i]
+        if x in ("-pidfile", "-vnc", "-incoming"): i += 2; continue
+        if x == "-chardev" and "id=serial0" in a[i + 1]:
+            out += ["-chardev", f"socket,id=serial0,path={run}/serial.sock,server=on,wait=off"]; i += 2; continue
+        if x == "-chardev" and "id=qmp" in a[i + 1]:
+            out += ["-chardev", f"socket,id=qmp,path={run}/qmp.sock,server=on,wait=off"]; i += 2; continue
+        if x == "-drive": out += ["-drive", ",".join(p if not p.startswith("file=") else "file=" + disk for p in a[i + 1].split(","))]; i += 2; continue
+        out.append(x); i += 1
+    if incoming: out += ["-incoming", "defer"]
+    for f in ("qmp.sock", "serial.sock"):
+        try: os.unlink(f"{run}/{f}")
+        except FileNotFoundError: pass
+    p = subprocess.Popen(out, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        if os.path.exists(f"{run}/qmp.sock"): break
+        time.sleep(0.02)
+    return p, Qmp(f"{run}/qmp.sock")
+
+def serial_cmd(run, line):
+    s = socket.socket(socket.AF_UNIX); s.connect(f"{run}/serial.sock"); s.sendall((line + "\n").encode()); return s
+
+def raw_cycle(argv, run, mem):
+    disk = f"{run}/base.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", disk, "64M"], check=True)
+    p, q = raw_qemu(argv, run, disk)
+    ser = serial_cmd(run, "")
+    buf = b""; ser.settimeout(0.5); end = time.time() + 120
+    while b"demo# " not in buf and time.time() < end:
+        try: buf += ser.recv(65536)
+        except socket.timeout: pass
+    ser.sendall(f"dd if=/dev/urandom of=/tmp/x bs=1M count={mem * 6 // 10} 2>/dev/null; echo DI''RTY; while :; do dd if=/tmp/x of=/tmp/y bs=1M count=32 2>/dev/null; done &\n".encode())
+    buf = b""; end = time.time() + 600
+    while b"DIRTY" not in buf and time.time() < end:
+        try: buf += ser.recv(65536)
+        except socket.timeout: pass
+    results = []
+    for r in range(RUNS):
+        state = f"{run}/state"; sock = f"{run}/mig.sock"
+        for f in (state, sock):
+            if os.path.exists(f): os.unlink(f)
+        lst = socket.socket(socket.AF_UNIX); lst.bind(sock); lst.listen(1)
+        got = {}
+        def sink():
+            c, _ = lst.accept(); n = 0
+            with open(state, "wb") as out:
+                while True:
+                    b = c.recv(1 << 20)
+                    if not b: break
+                    out.write(b); n += len(b)
+                out.flush(); os.fsync(out.fileno())
+            got["n"] = n
+        t = threading.Thread(target=sink); t.start()
+        q.cmd("migrate-set-parameters", {"max-bandwidth": 0})
+        q.cmd("migrate-set-capabilities", {"capabilities": [{"capability": "events", "state": True}, {"capability": "background-snapshot", "state": True}]})
+        q.events.clear()
+        frozen = f"{run}/top{r}.qcow2"
+        t0 = time.time()
+        ids = q.send(("stop", None), ("blockdev-snapshot-sync", {"device": "drive-disk0", "snapshot-file": frozen, "format": "qcow2"}),
+                     ("migrate", {"uri": "unix:" + sock}))
+        for i in ids: q.wait(i)
+        q.wait_event(lambda e: e["event"] == "MIGRATION" and e["data"]["status"] == "completed")
+        t.join(); save = time.time() - t0
+        stop = q.wait_event(lambda e: e["event"] == "STOP"); res = q.wait_event(lambda e: e["event"] == "RESUME")
+        pause = (ts(res) - ts(stop)) * 1000
+        lst.close()
+        # restore by hand: new overlay on the frozen layer, -incoming defer, feed the stream, cont
+        over = f"{run}/restore{r}.qcow2"
+        prev = os.path.join(run, f"top{r - 1}.qcow2") if r > 0 else disk
+        t1 = time.time()
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", prev, "-F", "qcow2", over], check=True)
+        os.makedirs(f"{run}/r", exist_ok=True)
+        p2, q2 = raw_qemu(argv, f"{run}/r", over, incoming=True)
+        q2.cmd("migrate-incoming", {"uri": f"unix:{run}/r/mig.sock"})
+        c = socket.socket(socket.AF_UNIX)
+        for _ in range(500):
+            try: c.connect(f"{run}/r/mig.sock"); break
+            except OSError: time.sleep(0.01)
+        with open(state, "rb") as f: shutil.copyfileobj(f, c.makefile("wb"), 1 << 20)
+        c.shutdown(socket.SHUT_WR)
+        while q2.cmd("query-status")["status"] == "inmigrate": time.sleep(0.01)
+        q2.cmd("cont"); restore = time.time() - t1
+        p2.kill(); p2.wait(); c.close()
+        results.append((save, pause, restore, got["n"]))
+    p.kill(); p.wait()
+    return results
+
+def main():
+    data = tempfile.mkdtemp(prefix="ckb-", dir="/tmp")
+    port = 5800 + os.getpid() % 100
+    base = f"http://127.0.0.1:{port}"
+    env = dict(os.environ, APPLIANCE_DATA_DIR=data, Appliance__DemoGuestDirectory=GUEST, Appliance__Accelerator="tcg",
+               Appliance__HostMemoryReserveMiB="256", Logging__LogLevel__Default="Warning")
+    app = subprocess.Popen(["dotnet", DLL, "--urls", base], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(300):
+            try: http("GET", base + "/healthz"); break
+            except Exception: time.sleep(0.2)
+        print(f"# {time.strftime('%Y-%m-%d')} {os.uname().nodename} cpus={os.cpu_count()} runs={RUNS} accel=tcg")
+        print("| guest | who | save s | guest pause ms | restore s | stream MB |")
+        print("|---|---|---|---|---|---|")
+        for mem in (256, 1024):
+            vm = f"b{mem}"
+            http("POST", base + "/api/v1/vms", {"name": vm, "template": "demo", "memoryMiB": mem})
+            http("POST", f"{base}/api/v1/vms/{vm}/start?wait=true")
+            wait_serial(base, vm, "demo# ")
+            ws_send(base, vm, f"dd if=/dev/urandom of=/tmp/x bs=1M count={mem * 6 // 10} 2>/dev/null; echo DI''RTY; while :; do dd if=/tmp/x of=/tmp/y bs=1M count=32 2>/dev/null; done &")
+            wait_serial(base, vm, "DIRTY\r\n", 900)
+            rows = []
+            for r in range(RUNS):
+                t0 = time.time(); cp = http("POST", f"{base}/api/v1/vms/{vm}/checkpoints?wait=true", {"name": f"r{r}", "mode": "live"}); save = time.time() - t0
+                t1 = time.time(); http("POST", f"{base}/api/v1/checkpoints/{cp['id']}/restore?force=true&wait=true"); restore = time.time() - t1
+                rows.append((save, cp["guestPauseMs"], restore, cp["stateBytes"], cp["method"]))
+            con = sqlite3.connect(os.path.join(data, "appliance.db"))
+            argv = json.loads(con.execute("SELECT argv_json FROM vm_runtime vr JOIN vms v ON v.id = vr.vm_id WHERE v.name = ?", (vm,)).fetchone()[0])
+            http("POST", f"{base}/api/v1/vms/{vm}/poweroff?wait=true")
+            run = tempfile.mkdtemp(prefix="r", dir="/tmp")
+            raw = raw_cycle(argv, run, mem)
+            shutil.rmtree(run, ignore_errors=True)
+            med = lambda xs: sorted(xs)[len(xs) // 2]
+            print(f"| {mem} MiB | appliance ({rows[0][4]}) | {med([x[0] for x in rows]):.2f} | {med([x[1] for x in rows]):.1f} | {med([x[2] for x in rows]):.2f} | {med([x[3] for x in rows]) / 1e6:.0f} |")
+            print(f"| {mem} MiB | raw QEMU | {med([x[0] for x in raw]):.2f} | {med([x[1] for x in raw]):.1f} | {med([x[2] for x in raw]):.2f} | {med([x[3] for x in raw]) / 1e6:.0f} |", flush=True)
+    finally:
+        app.kill(); app.wait()
+        for line in subprocess.run(["pgrep", "-f", data], capture_output=True, text=True).stdout.split():
+            try: os.kill(int(line), 9)
+            except Exception: pass
+        shutil.rmtree(data, ignore_errors=True)
+
+if __name__ == "__main__":
+    main()

@@ -74,4 +74,25 @@ public sealed class DashboardTests : IAsyncLifetime
         await Expect(page.Locator("form.create .error")).ToContainTextAsync("name");
         Assert.Equal(0, (await (await _app.Api().GetAsync("/api/v1/vms")).JsonAsync()).GetProperty("total").GetInt32());
     }
+
+    [Fact(Timeout = 180_000)]
+    public async Task VmPage_SaveCheckpointAndRestoreByClick_GuestRunsAgainFromIt()
+    {
+        var c = _app.Api();
+        await c.CreateDemoVmAsync("saver");
+        await c.ActAsync("saver", "start");
+        await c.WaitForSerialAsync("saver", @"COUNTER 2\r?\n");
+        var page = await OpenAsync("/vms/saver");
+        var save = page.Locator("[data-testid=save-checkpoint] button[type=submit]");
+        await Expect(save).ToBeEnabledAsync();
+        await page.FillAsync("input[name=checkpoint-name]", "ui-cp");
+        await save.ClickAsync();
+        var row = page.Locator("tr[data-checkpoint='ui-cp']");
+        await Expect(row.Locator(".status")).ToHaveTextAsync("ready", new() { Timeout = 60_000 });
+        await row.Locator("button[data-action='restore']").ClickAsync();
+        await Expect(page.Locator(".checkpoints [role=status]")).ToContainTextAsync("restore done", new() { Timeout = 60_000 });
+        await Expect(page.Locator("[data-testid=state]")).ToHaveTextAsync("running");
+        var audit = await (await c.GetAsync("/api/v1/audit?action=dashboard")).JsonAsync();
+        Assert.Contains(audit.GetProperty("items").EnumerateArray(), a => a.GetProperty("action").GetString()!.Contains("restore-checkpoint"));
+    }
 }

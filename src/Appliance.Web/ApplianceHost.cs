@@ -20,7 +20,9 @@ public static class ApplianceHost
 {
     public static WebApplicationBuilder CreateBuilder(string[] args)
     {
-        var builder = WebApplication.CreateBuilder(new WebApplicationOptions { Args = args, WebRootPath = FindWebRoot() });
+        // appsettings.json ships next to the binary; without this the working directory would be the content root.
+        var contentRoot = args.Any(a => a.Contains("contentRoot", StringComparison.OrdinalIgnoreCase)) ? null : AppContext.BaseDirectory;
+        var builder = WebApplication.CreateBuilder(new WebApplicationOptions { Args = args, WebRootPath = FindWebRoot(), ContentRootPath = contentRoot });
         // Serves Blazor's framework files from a plain build output too, not only from `dotnet publish`.
         builder.WebHost.UseStaticWebAssets();
         if (Environment.GetEnvironmentVariable("APPLIANCE_DATA_DIR") is { Length: > 0 } dataDir && builder.Configuration["Appliance:DataDirectory"] is null)

@@ -23,7 +23,7 @@ public sealed class DashboardTests : IAsyncLifetime
         return await _browser.SignInAsync(_app, path);
     }
 
-    [Fact(Timeout = 90_000)]
+    [Fact(Timeout = 150_000)]
     public async Task Dashboard_VmStartedThroughApi_RowTurnsRunningWithoutReload()
     {
         var c = _app.Api();
@@ -63,7 +63,7 @@ public sealed class DashboardTests : IAsyncLifetime
         await Expect(page.Locator("[data-testid=state]")).ToHaveTextAsync("stopped", new() { Timeout = 30_000 });
     }
 
-    [Fact(Timeout = 60_000)]
+    [Fact(Timeout = 120_000)]
     public async Task Dashboard_InvalidName_ShowsReasonAndCreatesNothing()
     {
         var page = await OpenAsync("/");

@@ -18,7 +18,7 @@ public sealed class LoginTests : IAsyncLifetime
         await _app.DisposeAsync();
     }
 
-    [Fact(Timeout = 90_000)]
+    [Fact(Timeout = 150_000)]
     public async Task SignIn_DashboardInteractiveUnderCsp_SignOut_ConsolePageRedirectsToLogin()
     {
         await _app.Api().CreateDemoVmAsync("seen");
@@ -42,7 +42,7 @@ public sealed class LoginTests : IAsyncLifetime
         Assert.Empty(violations);
     }
 
-    [Fact(Timeout = 60_000)]
+    [Fact(Timeout = 120_000)]
     public async Task SignIn_WrongPassword_StaysOnLoginWithMessage()
     {
         var page = await _browser.NewPageAsync();

@@ -58,6 +58,9 @@ public static class ApplianceHost
         {
             doc.Info.Title = "Appliance API";
             doc.Info.Version = "v1";
+            doc.Info.Contact = new() { Name = "Appliance maintainers" };
+            // The server entry follows the request's host; without the trailing slash it composes with the paths.
+            foreach (var server in doc.Servers ?? []) server.Url = server.Url?.TrimEnd('/');
             doc.Info.Description = "Virtual machines, their lifecycle, consoles, images and checkpoints. Every error is an RFC 9457 problem document whose `type` is `urn:appliance:problem:<slug>`.";
             return Task.CompletedTask;
         }));

@@ -26,6 +26,7 @@ public static class ConsoleApi
             .WithSummary("A one-time ticket (valid 30 s) and the websocket path for the VM's graphical console (`kind=vnc`, default) or serial console (`kind=serial`).")
             .ProducesProblem(400).ProducesProblem(404).ProducesProblem(409);
         g.MapGet("/console/vnc", VncSocket).WithName("ConsoleVncWebSocket")
+            .WithDescription("Upgrade with a WebSocket handshake (101 Switching Protocols) carrying RFB 3.8 both ways, as noVNC speaks it. Refusals are problem documents sent before the upgrade.")
             .WithSummary("WebSocket (subprotocol `binary`): the VM's RFB (VNC) stream, opened with `?ticket=` from CreateConsoleTicket.")
             .AuthenticatedByTicket()
             .ProducesProblem(400).ProducesProblem(401).ProducesProblem(403).ProducesProblem(409);

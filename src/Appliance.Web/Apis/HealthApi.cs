@@ -29,6 +29,7 @@ public static class HealthApi
             var h = new Health(ok ? "ok" : "degraded", dbc, emu, img, sup.Accelerator.Accelerator, sup.Accelerator.Reason);
             return ok ? Results.Ok(h) : Results.Json(h, statusCode: 503);
         }).AllowAnonymous().WithTags("Health").WithName("Health").WithSummary("Database and emulator availability.")
+          .WithDescription("Anonymous. 200 when the SQLite database, the emulator and qemu-img are usable, 503 with the failing check otherwise; also reports the accelerator chosen and why.")
           .Produces<Health>(200).Produces<Health>(503);
     }
 }

@@ -16,6 +16,7 @@ public static class SerialApi
         g.MapGet("/log", Log).WithName("GetSerialLog").WithSummary("Recent serial output as text (the last `bytes`, default 64 KiB).")
             .Produces<string>(200, "text/plain").ProducesProblem(400).ProducesProblem(404);
         g.MapGet("/", Socket).AuthenticatedByTicket().WithName("SerialWebSocket")
+            .WithDescription("Upgrade with a WebSocket handshake (101 Switching Protocols); guest output arrives as binary messages, anything sent is typed into the serial port.")
             .WithSummary("WebSocket: live two-way serial console (binary or text frames), opened with `?ticket=` from CreateConsoleTicket (`kind=serial`), or without one by an operator's session or bearer token.")
             .ProducesProblem(400).ProducesProblem(401).ProducesProblem(403).ProducesProblem(404).ProducesProblem(409);
         return g;

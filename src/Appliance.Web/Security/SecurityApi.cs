@@ -47,6 +47,7 @@ public static class SecurityApi
         var auth = api.MapGroup("/auth").WithTags("Authentication");
         auth.MapPost("/token", IssueSessionToken).AllowAnonymous().RequireRateLimiting(LoginThrottle.Policy)
             .WithName("CreateSessionToken").WithSummary("Exchange a user name and password for a short-lived bearer token.")
+            .WithDescription("For scripts: the token lasts one hour and carries the user's role. Rate-limited per client and per user name; a failure is answered after a delay.")
             .Accepts<TokenRequest>("application/json").Produces<SessionToken>(200)
             .ProducesProblem(400).ProducesProblem(401).ProducesProblem(415).ProducesProblem(429);
         auth.MapGet("/me", (ClaimsPrincipal user) => TypedResults.Ok(new Me(user.Identity!.Name!, Roles.Of(user)!.Value.ToWire(), AuditLog.MethodOf(user))))

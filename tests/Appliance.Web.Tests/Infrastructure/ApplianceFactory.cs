@@ -109,14 +109,14 @@ public class ApplianceFactory : WebApplicationFactory<Program>
 
     protected override void Dispose(bool disposing)
     {
-        base.Dispose(disposing);
-        TestPaths.KillEmulatorsUnder(DataDir);
+        try { base.Dispose(disposing); }
+        finally { TestPaths.KillEmulatorsUnder(DataDir); }
     }
 
     public override async ValueTask DisposeAsync()
     {
-        await base.DisposeAsync();
-        TestPaths.KillEmulatorsUnder(DataDir);
+        try { await base.DisposeAsync(); }
+        finally { TestPaths.KillEmulatorsUnder(DataDir); }
         GC.SuppressFinalize(this);
     }
 }

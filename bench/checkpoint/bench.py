@@ -89,7 +89,8 @@ def raw_qemu(argv, run, disk, incoming=False):
     i = 0
     while i < len(a):
         x = a[i]
-        if x in ("-pidfile", "-vnc", "-incoming"): i += 2; continue
+        if x in ("-pidfile", "-incoming"): i += 2; continue
+        if x == "-vnc": out += ["-vnc", f"unix:{run}/vnc.sock"]; i += 2; continue
         if x == "-chardev" and "id=serial0" in a[i + 1]:
             out += ["-chardev", f"socket,id=serial0,path={run}/serial.sock,server=on,wait=off"]; i += 2; continue
         if x == "-chardev" and "id=qmp" in a[i + 1]:

@@ -81,6 +81,11 @@ class Qmp:
             self.cv.wait_for(lambda: any(pred(e) for e in self.events), timeout)
             return next(e for e in self.events if pred(e))
 
+def cpu_s(pid):
+    """User + system CPU seconds of a process so far."""
+    with open(f"/proc/{pid}/stat") as f: parts = f.read().rsplit(")", 1)[1].split()
+    return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+
 def ts(e): return e["timestamp"]["seconds"] + e["timestamp"]["microseconds"] / 1e6
 
 def raw_qemu(argv, run, disk, incoming=False):
@@ -153,12 +158,13 @@ class RawVm:
         q.cmd("migrate-set-parameters", {"max-bandwidth": 0})
         q.cmd("migrate-set-capabilities", {"capabilities": [{"capability": "events", "state": True}, {"capability": "background-snapshot", "state": True}]})
         with q.cv: q.events.clear()
-        t0 = time.time()
+        c0 = os.times(); t0 = time.time()
         ids = q.send(("stop", None), ("blockdev-snapshot-sync", {"device": "drive-disk0", "snapshot-file": f"{run}/top{r}.qcow2", "format": "qcow2"}),
                      ("migrate", {"uri": "unix:" + sock}))
         for i in ids: q.wait(i)
         q.wait_event(lambda e: e["event"] == "MIGRATION" and e["data"]["status"] == "completed")
-        t.join(); save = time.time() - t0
+        t.join(); save = time.time() - t0; c1 = os.times()
+        self.sink_cpu = (c1.user - c0.user) + (c1.system - c0.system)  # this script, i.e. the raw sink
         stop = q.wait_event(lambda e: e["event"] == "STOP"); res = q.wait_event(lambda e: e["event"] == "RESUME")
         pause = (ts(res) - ts(stop)) * 1000
         lst.close()
@@ -222,19 +228,21 @@ def main():
             run = tempfile.mkdtemp(prefix="r", dir="/tmp")
             raw = RawVm(argv, run, mem)
             raw.pause()
-            app_rows, raw_rows, loads = [], [], []
+            app_rows, raw_rows, loads, app_cpu, idle_cpu = [], [], [], [], []
 
             def appliance_round(r):
                 http("POST", f"{base}/api/v1/vms/{vm}/resume?wait=true")
-                t0 = time.time(); cp = http("POST", f"{base}/api/v1/vms/{vm}/checkpoints?wait=true", {"name": f"r{r}", "mode": "live"}); save = time.time() - t0
+                c0 = cpu_s(app.pid); t0 = time.time(); cp = http("POST", f"{base}/api/v1/vms/{vm}/checkpoints?wait=true", {"name": f"r{r}", "mode": "live"}); save = time.time() - t0; app_cpu.append(cpu_s(app.pid) - c0)
                 t1 = time.time(); http("POST", f"{base}/api/v1/checkpoints/{cp['id']}/restore?force=true&wait=true"); restore = time.time() - t1
                 http("POST", f"{base}/api/v1/vms/{vm}/pause?wait=true")
                 app_rows.append((save, cp["guestPauseMs"], restore, cp["stateBytes"], cp["method"]))
 
             def raw_round():
+                c0 = cpu_s(app.pid); t0 = time.time()
                 raw.resume()
                 raw_rows.append(raw.save_restore())
                 raw.pause()
+                idle_cpu.append((cpu_s(app.pid) - c0) / (time.time() - t0))  # the appliance while it has nothing to do
 
             # Interleaved, alternating who goes first, with the other guest paused: both see the same load.
             for r in range(RUNS):
@@ -242,7 +250,7 @@ def main():
                 if r % 2 == 0: appliance_round(r); raw_round()
                 else: raw_round(); appliance_round(r)
                 a, w = app_rows[-1], raw_rows[-1]
-                print(f"#   round {r}: load {loads[-1]:.1f}; appliance save {a[0]:.2f} restore {a[2]:.2f}; raw save {w[0]:.2f} restore {w[2]:.2f}", file=sys.stderr, flush=True)
+                print(f"#   round {r}: load {loads[-1]:.1f}; appliance save {a[0]:.2f} (appliance CPU {app_cpu[-1]:.2f} s) restore {a[2]:.2f}; raw save {w[0]:.2f} (sink CPU {raw.sink_cpu:.2f} s) restore {w[2]:.2f}; idle appliance {idle_cpu[-1] * 100:.0f}% CPU", file=sys.stderr, flush=True)
             raw.close()
             shutil.rmtree(run, ignore_errors=True)
             http("POST", f"{base}/api/v1/vms/{vm}/poweroff?wait=true")

@@ -13,8 +13,6 @@ public static partial class StateStream
 {
     private const int BufferSize = 1 << 20;
     private const int ReceiveLowWater = 64 << 10;
-    private const long WritebackChunk = 16L << 20;
-    private const uint SyncFileRangeWrite = 2;
 
     public sealed record Received(long Size, string Sha256);
 
@@ -69,7 +67,7 @@ public static partial class StateStream
         using var file = new FileStream(path, FileMode.CreateNew, FileAccess.Write, FileShare.None, 0, FileOptions.None);
         using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
         var buf = ArrayPool<byte>.Shared.Rent(BufferSize);
-        long total = 0, flushed = 0;
+        long total = 0;
         try
         {
             while (true)
@@ -79,12 +77,6 @@ public static partial class StateStream
                 sha.AppendData(buf, 0, n);
                 RandomAccess.Write(file.SafeFileHandle, buf.AsSpan(0, n), total);
                 total += n;
-                if (total - flushed >= WritebackChunk)
-                {
-                    // Start writeback now so that the final fsync has little left to do.
-                    _ = SyncFileRange(file.SafeFileHandle, flushed, total - flushed, SyncFileRangeWrite);
-                    flushed = total;
-                }
                 progress(total);
             }
             file.Flush(flushToDisk: true);
@@ -182,9 +174,6 @@ public static partial class StateStream
 
     [System.Runtime.InteropServices.LibraryImport("libc", EntryPoint = "fsync", SetLastError = true)]
     private static partial int Fsync(int fd);
-
-    [System.Runtime.InteropServices.LibraryImport("libc", EntryPoint = "sync_file_range")]
-    private static partial int SyncFileRange(Microsoft.Win32.SafeHandles.SafeFileHandle fd, long offset, long count, uint flags);
 
     [System.Runtime.InteropServices.LibraryImport("libc", EntryPoint = "close")]
     private static partial int Close(int fd);

@@ -158,6 +158,7 @@ public sealed partial class CheckpointService(
     private async Task<CheckpointRecord> SaveCoreAsync(VmHost h, CheckpointRecord rec, Guid jobId, CancellationToken qct)
     {
         RequireSaveState(h, rec.Mode);
+        var clock = new PhaseClock();
         using var cts = CancellationTokenSource.CreateLinkedTokenSource(qct);
         cts.CancelAfter(TimeSpan.FromSeconds(options.Value.SaveTimeoutSeconds));
         var ct = cts.Token;
@@ -175,23 +176,11 @@ public sealed partial class CheckpointService(
                 h.SetState(VmState.Saving);
                 cap = rec.Mode == "disk-only"
                     ? await FreezeRunningAsync(h, h.Emulator, ct)
-                    : await StreamAsync(h, h.Emulator, rec, tmp, jobId, before == VmState.Running, ct);
+                    : await StreamAsync(h, h.Emulator, rec, tmp, jobId, before == VmState.Running, clock, ct);
             }
-            var disks = new List<DiskChain>();
-            foreach (var (disk, chain) in cap.Frozen)
-            {
-                var layers = new List<LayerFacts>();
-                foreach (var l in chain)
-                {
-                    var (size, sha) = await StateStream.DigestFileAsync(Absolute(l.File), ct);
-                    layers.Add(new LayerFacts
-                    {
-                        Id = l.Id, File = l.File, Format = l.Format, VirtualSize = l.VirtualSize, FileSize = size, Sha256 = sha,
-                        BaseImage = l.BaseImageId is null ? null : (await storage.ImagesAsync(ct)).FirstOrDefault(i => i.Id == l.BaseImageId)?.Name,
-                    });
-                }
-                disks.Add(new DiskChain { Disk = disk, Layers = layers });
-            }
+            clock.Mark("captured");
+            var disks = await (cap.Layers ?? DescribeLayersAsync(h.Id, cap.Frozen, ct));
+            clock.Mark("layers-digested");
             var manifest = new CheckpointManifest
             {
                 Id = rec.Id, Name = rec.Name, Description = rec.Description, Mode = rec.Mode, Method = cap.Method, CreatedAt = rec.CreatedAt,
@@ -203,14 +192,18 @@ public sealed partial class CheckpointService(
             await File.WriteAllTextAsync(manifestPath, ManifestJson.Serialize(manifest), CancellationToken.None);
             StateStream.FsyncFile(manifestPath);
             StateStream.FsyncDirectory(tmp);
+            clock.Mark("manifest-synced");
             Directory.Move(tmp, final);
             StateStream.FsyncDirectory(VmFolder(h.Id));
+            clock.Mark("renamed");
             var done = rec.WithManifest(manifest) with { Status = CheckpointStatus.Ready };
             var refs = disks.SelectMany(d => d.Layers.Select((l, i) => new CheckpointLayerRef(rec.Id, l.Id, d.Disk, i))).ToList();
             await store.CompleteAsync(done, refs, CancellationToken.None);
+            clock.Mark("committed");
             if (h.Emulator is not null && h.Snapshot.State == VmState.Saving) h.SetState(await h.QueryStateAsync(h.Emulator, CancellationToken.None));
-            log.LogInformation("VM {Vm}: checkpoint '{Name}' saved ({Method}, pause {Pause} ms, {Size} bytes)",
-                h.Vm.Spec.Name, rec.Name, cap.Method, cap.PauseMs, cap.State?.Size);
+            clock.Mark("state-published");
+            log.LogInformation("VM {Vm}: checkpoint '{Name}' saved ({Method}, pause {Pause} ms, {Size} bytes) in {Ms:0} ms: {Phases}",
+                h.Vm.Spec.Name, rec.Name, cap.Method, cap.PauseMs, cap.State?.Size, clock.ElapsedMs, clock);
             return done;
         }
         catch
@@ -227,7 +220,42 @@ public sealed partial class CheckpointService(
     }
 
     private sealed record Capture(string Method, bool WasRunning, double? PauseMs, StateFile? State, LaunchFacts Facts,
-        IReadOnlyList<(string Disk, List<DiskLayer> Chain)> Frozen);
+        IReadOnlyList<(string Disk, List<DiskLayer> Chain)> Frozen, Task<List<DiskChain>>? Layers = null);
+
+    /// <summary>
+    /// Sizes and digests of the frozen chains. A frozen layer is never written again, so a digest another
+    /// checkpoint of this VM already recorded for it (same size) is reused: only the newly frozen layer is read.
+    /// </summary>
+    private async Task<List<DiskChain>> DescribeLayersAsync(Guid vmId, IReadOnlyList<(string Disk, List<DiskLayer> Chain)> frozen, CancellationToken ct)
+    {
+        var known = new Dictionary<Guid, LayerFacts>();
+        foreach (var cp in await store.ForVmAsync(vmId, ct))
+        {
+            if (cp.Status != CheckpointStatus.Ready || cp.ManifestJson is null) continue;
+            foreach (var l in ManifestJson.Parse(System.Text.Encoding.UTF8.GetBytes(cp.ManifestJson)).Disks.SelectMany(d => d.Layers))
+                known.TryAdd(l.Id, l);
+        }
+        var images = await storage.ImagesAsync(ct);
+        var disks = new List<DiskChain>();
+        foreach (var (disk, chain) in frozen)
+        {
+            var layers = new List<LayerFacts>();
+            foreach (var l in chain)
+            {
+                var path = Absolute(l.File);
+                var (size, sha) = known.TryGetValue(l.Id, out var k) && new FileInfo(path) is { Exists: true } fi && fi.Length == k.FileSize
+                    ? (k.FileSize, k.Sha256)
+                    : await StateStream.DigestFileAsync(path, ct);
+                layers.Add(new LayerFacts
+                {
+                    Id = l.Id, File = l.File, Format = l.Format, VirtualSize = l.VirtualSize, FileSize = size, Sha256 = sha,
+                    BaseImage = l.BaseImageId is null ? null : images.FirstOrDefault(i => i.Id == l.BaseImageId)?.Name,
+                });
+            }
+            disks.Add(new DiskChain { Disk = disk, Layers = layers });
+        }
+        return disks;
+    }
 
     private sealed record FreezePlan(string Disk, DiskLayer Old, DiskLayer New, JsonObject Command);
 
@@ -328,15 +356,17 @@ public sealed partial class CheckpointService(
     private sealed class MigrationWatch : IDisposable
     {
         private readonly QmpClient _qmp;
+        private readonly PhaseClock? _clock;
         public TaskCompletionSource<string> Finished { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
         public TaskCompletionSource Stopped { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
         public TaskCompletionSource Resumed { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
         public DateTimeOffset? StopAt { get; private set; }
         public DateTimeOffset? ResumeAt { get; private set; }
 
-        public MigrationWatch(QmpClient qmp)
+        public MigrationWatch(QmpClient qmp, PhaseClock? clock = null)
         {
             _qmp = qmp;
+            _clock = clock;
             qmp.EventReceived += OnEvent;
         }
 
@@ -348,7 +378,7 @@ public sealed partial class CheckpointService(
                 case "RESUME" when StopAt is not null: ResumeAt ??= ev.At; Resumed.TrySetResult(); break;
                 case "MIGRATION" when ev.Data?.TryGetProperty("status", out var s) == true
                                       && s.GetString() is "completed" or "failed" or "cancelled" or "postmigrate":
-                    Finished.TrySetResult(s.GetString()!);
+                    if (Finished.TrySetResult(s.GetString()!)) _clock?.Mark("event-" + s.GetString());
                     break;
             }
         }
@@ -356,13 +386,14 @@ public sealed partial class CheckpointService(
         public void Dispose() => _qmp.EventReceived -= OnEvent;
     }
 
-    private async Task<Capture> StreamAsync(VmHost h, EmulatorHandle e, CheckpointRecord rec, string tmp, Guid jobId, bool wasRunning, CancellationToken ct)
+    private async Task<Capture> StreamAsync(VmHost h, EmulatorHandle e, CheckpointRecord rec, string tmp, Guid jobId, bool wasRunning, PhaseClock clock, CancellationToken ct)
     {
         var qmp = e.Qmp;
         var total = (long)h.Vm.Spec.MemoryMiB * 1024 * 1024;
         var plans = await PlanFreezeAsync(h, e.Record.Devices, ct);
         var frozen = await FrozenChainsAsync(h.Id, plans, ct);
         var facts = RunningFacts(h, e);
+        clock.Mark("planned");
 
         // The default max-bandwidth (128 MiB/s) would throttle even a stopped guest.
         await qmp.ExecuteAsync("migrate-set-parameters", new JsonObject { ["max-bandwidth"] = 0 }, ct);
@@ -378,11 +409,14 @@ public sealed partial class CheckpointService(
             lastReport.Restart();
             sup.Jobs.Progress(jobId, n, Math.Max(n, total));
         }, streamCts.Token);
-        using var watch = new MigrationWatch(qmp);
+        _ = receive.ContinueWith(_ => clock.Mark("sink-eof"), TaskScheduler.Default);
+        using var watch = new MigrationWatch(qmp, clock);
+        clock.Mark("configured");
         var migrate = ("migrate", (object?)new JsonObject { ["uri"] = "unix:" + e.Paths.MigrationSocket });
         var freeze = plans.Select(p => ("blockdev-snapshot-sync", (object?)p.Command)).ToList();
         string method;
         double? pause = null;
+        Task<List<DiskChain>>? layers = null;
         var window = Stopwatch.StartNew();
         try
         {
@@ -407,6 +441,9 @@ public sealed partial class CheckpointService(
                 try { await QmpClient.AwaitReplyAsync("migrate", replies[offset + plans.Count], QmpClient.DefaultTimeout, ct); }
                 catch (Exception ex) { failure ??= ex; }
                 if (failure is not null) throw failure;
+                clock.Mark("migrate-accepted");
+                // The disks are frozen now: digest them while the RAM streams.
+                layers = DescribeLayersAsync(h.Id, frozen, ct);
                 if (background)
                 {
                     try { await watch.Resumed.Task.WaitAsync(TimeSpan.FromSeconds(10), ct); }
@@ -415,6 +452,7 @@ public sealed partial class CheckpointService(
                 }
                 method = background ? "background-snapshot" : wasRunning ? "stopped" : "paused";
                 await WaitForStreamAsync(qmp, watch, e, receive, ct);
+                clock.Mark("stream-on-disk");
             }
             else
             {
@@ -440,6 +478,7 @@ public sealed partial class CheckpointService(
                 try { await qmp.ExecuteAsync("cont", null, CancellationToken.None); } catch (Exception) { }
             }
             try { await receive; } catch (Exception) { }
+            if (layers is not null) try { await layers; } catch (Exception) { }
             throw;
         }
         var received = await receive;
@@ -453,7 +492,7 @@ public sealed partial class CheckpointService(
             pause = null;
         }
         sup.Jobs.Progress(jobId, received.Size, received.Size);
-        return new Capture(method, wasRunning, pause, new StateFile { File = "state", Size = received.Size, Sha256 = received.Sha256 }, facts, frozen);
+        return new Capture(method, wasRunning, pause, new StateFile { File = "state", Size = received.Size, Sha256 = received.Sha256 }, facts, frozen, layers);
     }
 
     private static async Task<bool> TrySetCapabilitiesAsync(QmpClient qmp, bool background, CancellationToken ct)
@@ -514,16 +553,20 @@ public sealed partial class CheckpointService(
         if (!sup.Driver.Capabilities.Contains(EmulatorCapability.Restore)) throw ApplianceError.Unsupported("restore", sup.Driver.Name);
         var h = sup.Host(cp.VmId);
         var manifest = ManifestJson.Parse(System.Text.Encoding.UTF8.GetBytes(cp.ManifestJson ?? "{}"));
+        var clock = new PhaseClock();
         RequireRestoreState(h, force);
         await CheckCompatibleAsync(h, manifest, ct);
+        clock.Mark("compared");
         await VerifyFilesAsync(cp, manifest, ct);
+        clock.Mark("verified");
         var job = sup.Jobs.Create("restore", cp.VmId);
         _ = h.EnqueueAsync(async qct =>
         {
             sup.Jobs.Running(job.Id, $"restoring checkpoint '{cp.Name}'");
             try
             {
-                var pause = await RestoreCoreAsync(h, cp, manifest, force, job.Id, qct);
+                clock.Mark("dequeued");
+                var pause = await RestoreCoreAsync(h, cp, manifest, force, job.Id, clock, qct);
                 sup.Jobs.Succeed(job.Id, new { checkpointId = cp.Id, state = h.Snapshot.State.ToWire(), restoreMs = pause });
             }
             catch (Exception e)
@@ -596,10 +639,11 @@ public sealed partial class CheckpointService(
                 extensions: new Dictionary<string, object?> { ["problems"] = problems });
     }
 
-    private async Task<double> RestoreCoreAsync(VmHost h, CheckpointRecord cp, CheckpointManifest manifest, bool force, Guid jobId, CancellationToken qct)
+    private async Task<double> RestoreCoreAsync(VmHost h, CheckpointRecord cp, CheckpointManifest manifest, bool force, Guid jobId, PhaseClock clock, CancellationToken qct)
     {
         RequireRestoreState(h, force);
         await CheckCompatibleAsync(h, manifest, qct);
+        clock.Mark("compared-again");
         var sw = Stopwatch.StartNew();
         if (h.Emulator is not null)
         {
@@ -607,6 +651,7 @@ public sealed partial class CheckpointService(
             await h.PoweroffCoreAsync(qct);
         }
         h.RequireState("restore", VmState.Stopped, VmState.Crashed);
+        clock.Mark("powered-off");
 
         var overlays = new List<DiskLayer>();
         foreach (var d in manifest.Disks)
@@ -623,6 +668,7 @@ public sealed partial class CheckpointService(
                 ParentId = top.Id, IsActive = true, CreatedAt = DateTimeOffset.UtcNow,
             });
         }
+        clock.Mark("overlays");
         try
         {
             if (manifest.State is null)
@@ -637,6 +683,7 @@ public sealed partial class CheckpointService(
             var files = overlays.ToDictionary(o => o.DiskName, o => Absolute(o.File));
             EmulatorHandle e;
             e = await sup.StartCoreAsync(h, ct, incoming: true, diskFiles: files);
+            clock.Mark("emulator-started");
             try
             {
                 await TrySetCapabilitiesAsync(e.Qmp, background: false, ct);
@@ -649,6 +696,7 @@ public sealed partial class CheckpointService(
                     lastReport.Restart();
                     sup.Jobs.Progress(jobId, n, manifest.State.Size);
                 }, TimeSpan.FromSeconds(10), ct);
+                clock.Mark("stream-sent");
                 // A stream QEMU never accepts leaves it in 'inmigrate' forever: the deadline above ends that.
                 while (true)
                 {
@@ -658,10 +706,13 @@ public sealed partial class CheckpointService(
                     await Task.WhenAny(e.Exited, Task.Delay(10, ct));
                 }
                 var mig = await QueryMigrationAsync(e.Qmp, ct);
+                clock.Mark("incoming-done");
                 if (mig is "failed") throw new ApplianceError(500, "restore-failed", "Restore failed", "The emulator rejected the checkpoint's state: " + sup.LogTail(h.Id, 3));
                 if (manifest.WasRunning) await e.Qmp.ExecuteAsync("cont", null, ct);
+                clock.Mark("cont");
                 foreach (var o in overlays) await storage.PushLayerAsync(o, CancellationToken.None);
                 h.SetState(await h.QueryStateAsync(e, CancellationToken.None));
+                clock.Mark("recorded");
             }
             catch
             {
@@ -674,7 +725,8 @@ public sealed partial class CheckpointService(
             }
             sup.Jobs.Progress(jobId, manifest.State.Size, manifest.State.Size);
             await CollectLayersAsync(h.Id, CancellationToken.None);
-            log.LogInformation("VM {Vm}: restored checkpoint '{Name}' in {Ms} ms", h.Vm.Spec.Name, cp.Name, sw.ElapsedMilliseconds);
+            clock.Mark("collected");
+            log.LogInformation("VM {Vm}: restored checkpoint '{Name}' in {Ms} ms: {Phases}", h.Vm.Spec.Name, cp.Name, sw.ElapsedMilliseconds, clock);
             return sw.Elapsed.TotalMilliseconds;
         }
         catch

@@ -123,6 +123,7 @@ public sealed class Supervisor(
                 };
                 h.Attach(handle);
                 var state = await h.QueryStateAsync(handle, ct);
+                await Storage.LayerReconciler.ReconcileAsync(h.Id, h.Vm.Spec.Name, qmp, storage, disks, log, ct);
                 if (h.Vm.Spec.SerialConsole) handle.Serial = new SerialConsole(paths.SerialSocket);
                 h.SetState(state);
                 log.LogInformation("VM {Vm}: re-attached to running emulator pid {Pid} ({State})", h.Vm.Spec.Name, p, state.ToWire());

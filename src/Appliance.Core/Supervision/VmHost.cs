@@ -38,7 +38,15 @@ public sealed class VmHost : IAsyncDisposable
     private VmSnapshot _snapshot;
     private bool _stopRequested;
     private bool _guestShutdown;
-    private TaskCompletionSource _exitHandled = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    // Completed while no emulator is attached; replaced on attach and completed once its exit is fully handled.
+    private TaskCompletionSource _exitHandled = Completed();
+
+    private static TaskCompletionSource Completed()
+    {
+        var t = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        t.SetResult();
+        return t;
+    }
 
     internal VmHost(Supervisor sup, Vm vm, ILogger log)
     {
@@ -202,9 +210,9 @@ public sealed class VmHost : IAsyncDisposable
     /// <summary>Waits until the emulator has exited and the exit has been handled, or the timeout passes.</summary>
     public async Task<bool> WaitForExitAsync(TimeSpan timeout, CancellationToken ct)
     {
-        var e = Emulator;
-        if (e is null) return true;
+        // Not 'Emulator is null': exit handling clears it before the state leaves 'stopping'.
         var handled = _exitHandled.Task;
+        if (handled.IsCompleted) return true;
         try
         {
             await handled.WaitAsync(timeout, ct);
@@ -245,7 +253,11 @@ public sealed class VmHost : IAsyncDisposable
     private async Task ForceOffAsync(CancellationToken ct)
     {
         var e = Emulator;
-        if (e is null) return;
+        if (e is null)
+        {
+            await WaitForExitAsync(TimeSpan.FromSeconds(10), ct);
+            return;
+        }
         try { await e.Qmp.ExecuteAsync("quit", null, TimeSpan.FromSeconds(3), ct); }
         catch (QmpException) { }
         if (await WaitForExitAsync(TimeSpan.FromSeconds(10), ct)) return;

@@ -1,3 +1,4 @@
+using System.Net.Http.Json;
 using Appliance.Browser.Tests.Infrastructure;
 using Appliance.Web.Tests.Infrastructure;
 using Microsoft.Playwright;
@@ -94,5 +95,23 @@ public sealed class DashboardTests : IAsyncLifetime
         await Expect(page.Locator("[data-testid=state]")).ToHaveTextAsync("running");
         var audit = await (await c.GetAsync("/api/v1/audit?action=dashboard")).JsonAsync();
         Assert.Contains(audit.GetProperty("items").EnumerateArray(), a => a.GetProperty("action").GetString()!.Contains("restore-checkpoint"));
+    }
+
+    [Fact(Timeout = 120_000)]
+    public async Task Dashboard_Viewer_SeesStateButNoActionsOrCreateForm()
+    {
+        var c = _app.Api();
+        await c.CreateDemoVmAsync("watched");
+        var created = await c.PostAsJsonAsync("/api/v1/users", new { name = "watcher", role = "viewer", password = "viewer-password-1" });
+        Assert.True(created.IsSuccessStatusCode, await created.Content.ReadAsStringAsync());
+        var page = await _browser.SignInAsync(_app, "/", "watcher", "viewer-password-1");
+        await Expect(page.Locator("tr[data-vm='watched'] .state")).ToHaveTextAsync("stopped");
+        await page.WaitForFunctionAsync("() => window.Blazor !== undefined");
+        await Expect(page.Locator("tr[data-vm='watched'] button")).ToHaveCountAsync(0);
+        await Expect(page.Locator("form.create")).ToHaveCountAsync(0);
+        await page.GotoAsync(new Uri(_app.BaseAddress, "/vms/watched").ToString());
+        await Expect(page.Locator("[data-testid=state]")).ToHaveTextAsync("stopped");
+        await Expect(page.Locator("[data-testid=save-checkpoint]")).ToHaveCountAsync(0);
+        await Expect(page.Locator("button[data-action]")).ToHaveCountAsync(0);
     }
 }

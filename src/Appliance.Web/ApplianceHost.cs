@@ -65,6 +65,8 @@ public static class ApplianceHost
             return Task.CompletedTask;
         }));
         s.AddRazorComponents().AddInteractiveServerComponents();
+        s.AddSignalR().AddJsonProtocol(o => ApplianceJson.Configure(o.PayloadSerializerOptions));
+        s.AddHostedService<Hubs.EventsRelay>();
         builder.AddApplianceSecurity();
         return builder;
     }
@@ -91,6 +93,7 @@ public static class ApplianceHost
         api.MapImageApi();
         api.MapSerialApi();
         app.MapConsoleApi(api);
+        app.MapHub<Hubs.EventsHub>(Hubs.EventsHub.Path);
         api.MapCheckpointApi();
 
         app.MapStaticAssets().AllowAnonymous();

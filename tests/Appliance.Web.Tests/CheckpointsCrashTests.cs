@@ -20,7 +20,7 @@ public sealed class CheckpointsCrashTests
         await c.ActAsync("crash", "start");
         await c.WaitForSerialAsync("crash", "demo# ", TimeSpan.FromSeconds(60));
         // Random data (QEMU sends zero pages as flags, not bytes) in RAM makes the stream long enough (hundreds of MB) to be caught half-written.
-        await SendSerialAsync(app, "crash", "dd if=/dev/urandom of=/tmp/fill bs=1M count=96 && echo FIL''LED");
+        await app.SendSerialAsync("crash", "dd if=/dev/urandom of=/tmp/fill bs=1M count=96 && echo FIL''LED");
         await c.WaitForSerialAsync("crash", @"(?<!')FILLED\r?\n", TimeSpan.FromSeconds(120));
 
         var folder = Path.Combine(app.DataDir, "checkpoints", vmId.ToString("N"));
@@ -81,13 +81,4 @@ public sealed class CheckpointsCrashTests
         return sw.Elapsed;
     }
 
-    private static async Task SendSerialAsync(ApplianceProcess app, string vm, string line)
-    {
-        using var ws = new ClientWebSocket();
-        app.AuthorizeSocket(ws);
-        var uri = new UriBuilder(app.BaseAddress) { Scheme = "ws", Path = $"/api/v1/vms/{vm}/serial" }.Uri;
-        await ws.ConnectAsync(uri, CancellationToken.None);
-        await ws.SendAsync(System.Text.Encoding.UTF8.GetBytes(line + "\n"), WebSocketMessageType.Binary, true, CancellationToken.None);
-        await ws.CloseAsync(WebSocketCloseStatus.NormalClosure, "done", CancellationToken.None);
-    }
 }

@@ -22,7 +22,7 @@ public sealed class LayerReconcileRestartTests
         await c.CreateDemoVmAsync("drift");
         await c.ActAsync("drift", "start");
         await c.WaitForSerialAsync("drift", "demo# ", TimeSpan.FromSeconds(60));
-        await SendSerialAsync(app, "drift", "diskw BEFORE 7; sync");
+        await app.SendSerialAsync("drift", "diskw BEFORE 7; sync");
         await c.WaitForSerialAsync("drift", "DISKW OK 7");
         await app.KillAsync();
 
@@ -39,7 +39,7 @@ public sealed class LayerReconcileRestartTests
         await app.StartAsync();
         c = app.Api();
         Assert.Equal("running", await c.StateAsync("drift"));
-        await SendSerialAsync(app, "drift", "diskw AFTER 7; sync");
+        await app.SendSerialAsync("drift", "diskw AFTER 7; sync");
         await c.WaitForSerialAsync("drift", "DISKW OK 7", select: s => s[(s.LastIndexOf("diskw AFTER", StringComparison.Ordinal) + 1)..]);
 
         var save = await c.PostAsJsonAsync("/api/v1/vms/drift/checkpoints?wait=true", new { name = "after-drift", mode = "live" });
@@ -49,23 +49,14 @@ public sealed class LayerReconcileRestartTests
         var layers = manifest.GetProperty("disks")[0].GetProperty("layers").EnumerateArray().Select(l => l.GetProperty("file").GetString()!).ToList();
         Assert.EndsWith("disk0-behind.qcow2", layers[^1]);
 
-        await SendSerialAsync(app, "drift", "diskw LATER 7; sync");
+        await app.SendSerialAsync("drift", "diskw LATER 7; sync");
         await c.WaitForSerialAsync("drift", "DISKW OK 7", select: s => s[(s.LastIndexOf("diskw LATER", StringComparison.Ordinal) + 1)..]);
         var offset = (await c.SerialLogAsync("drift")).Length;
         var r = await c.PostAsync($"/api/v1/checkpoints/{id}/restore?force=true&wait=true", null);
         Assert.Equal(HttpStatusCode.OK, r.StatusCode);
-        await SendSerialAsync(app, "drift", "sync; echo 3 > /proc/sys/vm/drop_caches; diskr 7");
+        await app.SendSerialAsync("drift", "sync; echo 3 > /proc/sys/vm/drop_caches; diskr 7");
         var d7 = await c.WaitForSerialAsync("drift", @"DISK 7 ([^\r\n]*)", select: s => s[Math.Min(offset, s.Length)..]);
         Assert.StartsWith("AFTER", d7.Groups[1].Value.Trim());
     }
 
-    private static async Task SendSerialAsync(ApplianceProcess app, string vm, string line)
-    {
-        using var ws = new ClientWebSocket();
-        app.AuthorizeSocket(ws);
-        var uri = new UriBuilder(app.BaseAddress) { Scheme = "ws", Path = $"/api/v1/vms/{vm}/serial" }.Uri;
-        await ws.ConnectAsync(uri, CancellationToken.None);
-        await ws.SendAsync(System.Text.Encoding.UTF8.GetBytes(line + "\n"), WebSocketMessageType.Binary, true, CancellationToken.None);
-        await ws.CloseAsync(WebSocketCloseStatus.NormalClosure, "done", CancellationToken.None);
-    }
 }

@@ -112,6 +112,17 @@ public sealed class ApplianceProcess : IAsyncDisposable
     /// <summary>Adds the same administrator credentials to a websocket.</summary>
     public void AuthorizeSocket(System.Net.WebSockets.ClientWebSocket ws) => ws.Options.SetRequestHeader("Authorization", "Bearer " + AdminToken());
 
+    /// <summary>Types a line into the guest's serial console over the serial websocket.</summary>
+    public async Task SendSerialAsync(string vm, string line)
+    {
+        using var ws = new System.Net.WebSockets.ClientWebSocket();
+        AuthorizeSocket(ws);
+        var uri = new UriBuilder(BaseAddress) { Scheme = "ws", Path = $"/api/v1/vms/{vm}/serial" }.Uri;
+        await ws.ConnectAsync(uri, CancellationToken.None);
+        await ws.SendAsync(System.Text.Encoding.UTF8.GetBytes(line + "\n"), System.Net.WebSockets.WebSocketMessageType.Binary, true, CancellationToken.None);
+        await ws.CloseAsync(System.Net.WebSockets.WebSocketCloseStatus.NormalClosure, "done", CancellationToken.None);
+    }
+
     private string AdminToken()
     {
         using var c = new HttpClient { BaseAddress = BaseAddress };

@@ -11,6 +11,10 @@ want_test=0
 
 packages=(qemu-system-x86 qemu-utils busybox-static linux-image-cloud-amd64 cpio xz-utils zstd)
 (( want_test )) && packages+=(chromium websockify docker-compose)
+# Tools the scripts call, added only where the machine lacks them (a fresh Debian may have no Node.js).
+command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
+command -v curl >/dev/null 2>&1 || packages+=(curl)
+[[ -x /usr/bin/python3 ]] || packages+=(python3)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -6,19 +6,8 @@ using static Microsoft.Playwright.Assertions;
 
 namespace Appliance.Browser.Tests;
 
-public sealed class DashboardTests : IAsyncLifetime
+public sealed class DashboardTests : BrowserTest
 {
-    private readonly ApplianceFactory _app = new();
-    private Infrastructure.Browser _browser = null!;
-
-    public async Task InitializeAsync() => _browser = await Infrastructure.Browser.LaunchAsync();
-
-    public async Task DisposeAsync()
-    {
-        await _browser.DisposeAsync();
-        await _app.DisposeAsync();
-    }
-
     private async Task<IPage> OpenAsync(string path)
     {
         return await _browser.SignInAsync(_app, path);

@@ -5,19 +5,8 @@ using static Microsoft.Playwright.Assertions;
 
 namespace Appliance.Browser.Tests;
 
-public sealed class LoginTests : IAsyncLifetime
+public sealed class LoginTests : BrowserTest
 {
-    private readonly ApplianceFactory _app = new();
-    private Infrastructure.Browser _browser = null!;
-
-    public async Task InitializeAsync() => _browser = await Infrastructure.Browser.LaunchAsync();
-
-    public async Task DisposeAsync()
-    {
-        await _browser.DisposeAsync();
-        await _app.DisposeAsync();
-    }
-
     [Fact(Timeout = 150_000)]
     public async Task SignIn_DashboardInteractiveUnderCsp_SignOut_ConsolePageRedirectsToLogin()
     {

@@ -47,16 +47,27 @@ async Task Serve(int port)
     var b = WebApplication.CreateSlimBuilder();
     b.Logging.ClearProviders();
     b.WebHost.UseUrls($"http://127.0.0.1:{port}");
+    if (Environment.GetEnvironmentVariable("BENCH_RESPONSE_BUFFER") is { } rb) b.WebHost.ConfigureKestrel(k => k.Limits.MaxResponseBufferSize = long.Parse(rb));
     var app = b.Build();
     app.UseWebSockets();
     // The appliance's proxy exactly as ConsoleApi runs it, minus the ticket check (done once per connection).
+    // `?path=framework`: the fallback path (HTTP/2 websockets, hosts without a connection pipe), the framework's websocket alone.
     app.Map("/proxy/{target}", async (string target, HttpContext ctx) =>
     {
         var sock = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
         await sock.ConnectAsync(new UnixDomainSocketEndPoint(target == "echo" ? echoSock : streamSock));
         var proto = ctx.WebSockets.WebSocketRequestedProtocols.Contains("binary") ? "binary" : null;
-        using var ws = await ctx.WebSockets.AcceptWebSocketAsync(new WebSocketAcceptContext { SubProtocol = proto });
-        using (sock) await ByteProxy.RunAsync(ws, sock, new ByteProxyOptions(), new TaskCompletionSource<string>().Task, ctx.RequestAborted);
+        var want = ctx.Request.Query["path"].ToString() is { Length: > 0 } p ? p : "pipe";
+        var (ws, sink) = want == "framework"
+            ? (await ctx.WebSockets.AcceptWebSocketAsync(new WebSocketAcceptContext { SubProtocol = proto }), null)
+            : await DirectWebSocket.AcceptAsync(ctx, proto);
+        if ((sink is null ? "framework" : "pipe") != want) throw new InvalidOperationException($"wanted the {want} path");
+        using (ws)
+        using (sock)
+        {
+            var r = await ByteProxy.RunAsync(ws, sock, new ByteProxyOptions(), new TaskCompletionSource<string>().Task, ctx.RequestAborted, sink);
+            if (r.End is not ProxyEnd.ClientClosed) Console.Error.WriteLine($"{want}: {r.End} {r.Reason}");
+        }
     });
     // The ceiling for any websocket server here: Kestrel sending one prepared buffer over and over.
     app.Map("/bare", async (int size, HttpContext ctx) =>
@@ -103,6 +114,7 @@ async Task Measure(int port, int wsStream, int wsEcho, long bytes, int reps, int
     {
         ("direct", () => UnixRead(streamSock, bytes)),
         ("proxy", () => WsRead(proxyStream, bytes)),
+        ("framework", () => WsRead(new Uri(proxyStream + "?path=framework"), bytes)),
         ("websockify", () => WsRead(wsfStream, bytes)),
         ("bare64", () => WsRead(new Uri($"ws://127.0.0.1:{port}/bare?size=65536"), bytes)),
         ("bare256", () => WsRead(new Uri($"ws://127.0.0.1:{port}/bare?size=262144"), bytes)),
@@ -116,7 +128,8 @@ async Task Measure(int port, int wsStream, int wsEcho, long bytes, int reps, int
     void Row(string name, (double Gbs, double AvgMsg) r) =>
         Console.WriteLine($"| {name} | {r.Gbs:0.00} | {r.Gbs / wsf.Gbs:0.00}x | {r.Gbs / bare256.Gbs:P0} | {(r.AvgMsg > 0 ? $"{r.AvgMsg / 1024:0} KiB" : "-")} |");
     Row("direct unix-socket read (ceiling)", direct);
-    Row("appliance proxy (ByteProxy on Kestrel)", proxy);
+    Row("appliance proxy (ByteProxy + WebSocketFrameSink on Kestrel)", proxy);
+    Row("appliance proxy, framework websocket only (HTTP/2 fallback)", Med("framework"));
     Row("websockify 0.10 (Debian)", wsf);
     Row("bare Kestrel sender, 64 KiB messages", bare64);
     Row("bare Kestrel sender, 256 KiB messages", bare256);

@@ -27,7 +27,12 @@ public sealed record ProxyResult(ProxyEnd End, string Reason, long BytesToClient
 /// </summary>
 public static class ByteProxy
 {
-    public static async Task<ProxyResult> RunAsync(WebSocket ws, Socket target, ByteProxyOptions o, Task<string> stopped, CancellationToken ct)
+    /// <summary>
+    /// Runs until either side ends. With a <paramref name="sink"/> (see <see cref="DirectWebSocket"/>) the target's
+    /// bytes go to the client through it; <paramref name="ws"/> then carries only the client's messages and control frames.
+    /// </summary>
+    public static async Task<ProxyResult> RunAsync(WebSocket ws, Socket target, ByteProxyOptions o, Task<string> stopped, CancellationToken ct,
+        WebSocketFrameSink? sink = null)
     {
         using var abort = CancellationTokenSource.CreateLinkedTokenSource(ct);
         using var idleCts = new CancellationTokenSource(o.IdleTimeout);
@@ -36,7 +41,9 @@ public static class ByteProxy
         var counters = new long[2];
         void Touch() => idleCts.CancelAfter(o.IdleTimeout);
 
-        var up = TargetToClientAsync(ws, target, o.MaxFrameBytes, counters, Touch, abort.Token);
+        var up = sink is null
+            ? TargetToClientAsync(ws, target, o.MaxFrameBytes, counters, Touch, abort.Token)
+            : TargetToSinkAsync(sink, target, o.MaxFrameBytes, counters, Touch, abort.Token);
         var down = ClientToTargetAsync(ws, target, o.ReceiveBufferBytes, counters, Touch, abort.Token);
         var first = await Task.WhenAny(up, down, stopped, idle.Task);
 
@@ -108,6 +115,13 @@ public static class ByteProxy
         }
         finally { ArrayPool<byte>.Shared.Return(buf); }
     }
+
+    private static Task TargetToSinkAsync(WebSocketFrameSink sink, Socket target, int max, long[] counters, Action touch, CancellationToken ct) =>
+        sink.PumpAsync(target, max, n =>
+        {
+            Interlocked.Add(ref counters[0], n);
+            touch();
+        }, ct);
 
     private static async Task ClientToTargetAsync(WebSocket ws, Socket target, int size, long[] counters, Action touch, CancellationToken ct)
     {

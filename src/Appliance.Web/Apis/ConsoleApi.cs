@@ -109,9 +109,10 @@ public static class ConsoleApi
         var stopped = WatchStopAsync(sub, vm.Id, vm.Spec.Name);
 
         var sub_ = ctx.WebSockets.WebSocketRequestedProtocols.Contains("binary") ? "binary" : null;
-        using var ws = await ctx.WebSockets.AcceptWebSocketAsync(new WebSocketAcceptContext { SubProtocol = sub_ });
-        log.LogInformation("Console: {User} opened the display of {Vm}", t.User, vm.Spec.Name);
-        var r = await ByteProxy.RunAsync(ws, vnc, new ByteProxyOptions(), stopped, ct);
+        var (ws, sink) = await DirectWebSocket.AcceptAsync(ctx, sub_);
+        using var _ = ws;
+        log.LogInformation("Console: {User} opened the display of {Vm} ({Path})", t.User, vm.Spec.Name, sink is null ? "websocket" : "direct frames");
+        var r = await ByteProxy.RunAsync(ws, vnc, new ByteProxyOptions(), stopped, ct, sink);
         log.LogInformation("Console: {User} left the display of {Vm}: {End} ({Reason}); {Out} bytes out, {In} in",
             t.User, vm.Spec.Name, r.End, r.Reason, r.BytesToClient, r.BytesToTarget);
     }

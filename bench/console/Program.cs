@@ -47,7 +47,6 @@ async Task Serve(int port)
     var b = WebApplication.CreateSlimBuilder();
     b.Logging.ClearProviders();
     b.WebHost.UseUrls($"http://127.0.0.1:{port}");
-    if (Environment.GetEnvironmentVariable("BENCH_RESPONSE_BUFFER") is { } rb) b.WebHost.ConfigureKestrel(k => k.Limits.MaxResponseBufferSize = long.Parse(rb));
     var app = b.Build();
     app.UseWebSockets();
     // The appliance's proxy exactly as ConsoleApi runs it, minus the ticket check (done once per connection).

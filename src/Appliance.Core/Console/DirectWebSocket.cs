@@ -118,8 +118,14 @@ public sealed class WebSocketFrameSink(PipeWriter output, SemaphoreSlim gate)
     /// </summary>
     private async ValueTask<int> SendOneAsync(Socket source, int max, CancellationToken ct)
     {
-        if (await source.ReceiveAsync(_probe, SocketFlags.Peek, ct) == 0) return 0;
-        var n = Math.Clamp(source.Available, 1, max);
+        // A busy display has bytes waiting already: only an idle one needs the wait (a one-byte peek).
+        var ready = source.Available;
+        if (ready == 0)
+        {
+            if (await source.ReceiveAsync(_probe, SocketFlags.Peek, ct) == 0) return 0;
+            ready = source.Available;
+        }
+        var n = Math.Clamp(ready, 1, max);
         await gate.WaitAsync(ct);
         try
         {

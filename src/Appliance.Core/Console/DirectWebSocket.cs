@@ -98,7 +98,7 @@ public static class DirectWebSocket
 /// </summary>
 public sealed class WebSocketFrameSink(PipeWriter output, SemaphoreSlim gate)
 {
-    private readonly byte[] _probe = new byte[1];
+    private readonly byte[] _stash = new byte[16 << 10];
 
     /// <summary>Runs until the source ends (returns), fails or <paramref name="ct"/> fires (throws); <paramref name="sent"/> gets each payload size.</summary>
     public async Task PumpAsync(Socket source, int max, Action<int> sent, CancellationToken ct)
@@ -118,20 +118,24 @@ public sealed class WebSocketFrameSink(PipeWriter output, SemaphoreSlim gate)
     /// </summary>
     private async ValueTask<int> SendOneAsync(Socket source, int max, CancellationToken ct)
     {
-        // A busy display has bytes waiting already: only an idle one needs the wait (a one-byte peek).
+        // A busy display has bytes waiting already; an idle one is waited for with a receive into a small
+        // buffer of our own (no output buffer is held while waiting), whose bytes lead the message.
         var ready = source.Available;
+        var stashed = 0;
         if (ready == 0)
         {
-            if (await source.ReceiveAsync(_probe, SocketFlags.Peek, ct) == 0) return 0;
+            stashed = await source.ReceiveAsync(_stash.AsMemory(0, Math.Min(_stash.Length, max)), SocketFlags.None, ct);
+            if (stashed == 0) return 0;
             ready = source.Available;
         }
-        var n = Math.Clamp(ready, 1, max);
+        var n = stashed + Math.Min(ready, max - stashed);
         await gate.WaitAsync(ct);
         try
         {
             var span = output.GetSpan(10 + n);
             var header = WriteHeader(span, n);
-            var got = 0;
+            _stash.AsSpan(0, stashed).CopyTo(span[header..]);
+            var got = stashed;
             while (got < n)
             {
                 var m = source.Receive(span.Slice(header + got, n - got), SocketFlags.None);

@@ -8,7 +8,8 @@ times, in interleaved rounds (alternating who goes first; the other guest is pau
   save    = POST checkpoint live (appliance)  vs  stop + blockdev-snapshot-sync + background-snapshot migrate to a unix-socket sink (raw)
   pause   = guest pause (STOP -> RESUME events)
   restore = POST restore (new QEMU, -incoming defer, stream fed)  vs  the same by hand
-BENCH_LOG=FILE keeps the appliance's log, which has each save's and restore's per-phase timings.
+BENCH_LOG=FILE keeps the appliance's log, which has each save's and restore's per-phase timings and the sink's costs.
+BENCH_THREADS=1 prints the appliance's CPU per thread during each save (a thread that ended, like the sink, is not listed).
 Only the standard library; no shell anywhere."""
 import base64, hashlib, json, os, shutil, socket, sqlite3, subprocess, sys, tempfile, threading, time, urllib.request
 

@@ -8,7 +8,8 @@ times, in interleaved rounds (alternating who goes first; the other guest is pau
   save    = POST checkpoint live (appliance)  vs  stop + blockdev-snapshot-sync + background-snapshot migrate to a unix-socket sink (raw)
   pause   = guest pause (STOP -> RESUME events)
   restore = POST restore (new QEMU, -incoming defer, stream fed)  vs  the same by hand
-BENCH_LOG=FILE keeps the appliance's log, which has each save's and restore's per-phase timings.
+BENCH_LOG=FILE keeps the appliance's log, which has each save's and restore's per-phase timings and the sink's costs.
+BENCH_THREADS=1 prints the appliance's CPU per thread during each save (a thread that ended, like the sink, is not listed).
 Only the standard library; no shell anywhere."""
 import base64, hashlib, json, os, shutil, socket, sqlite3, subprocess, sys, tempfile, threading, time, urllib.request
 
@@ -16,6 +17,7 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 GUEST = os.path.join(ROOT, "build", "demo-guest")
 DLL = os.path.join(ROOT, "src", "Appliance.Web", "bin", "Debug", "net10.0", "Appliance.Web.dll")
 RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+THREADS = os.environ.get("BENCH_THREADS") == "1"  # per-thread CPU of the appliance during each save, on stderr
 AUTH = {}  # the bearer token, once signed in
 
 def http(method, url, body=None, timeout=600):
@@ -85,6 +87,26 @@ def cpu_s(pid):
     """User + system CPU seconds of a process so far."""
     with open(f"/proc/{pid}/stat") as f: parts = f.read().rsplit(")", 1)[1].split()
     return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+
+def thread_cpu(pid):
+    """Per-thread CPU ticks of a process: {tid: (name, ticks)}."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f: head, rest = f.read().rsplit(")", 1)
+            parts = rest.split()
+            out[tid] = (head.split("(", 1)[1], int(parts[11]) + int(parts[12]))
+        except OSError: pass
+    return out
+
+def thread_delta(before, after, top=6):
+    """The threads that used the most CPU between two thread_cpu() samples, by name (new threads included)."""
+    by = {}
+    for tid, (name, t) in after.items():
+        d = t - before.get(tid, (name, 0))[1]
+        if d > 0: by[name] = by.get(name, 0) + d
+    hz = os.sysconf("SC_CLK_TCK")
+    return ", ".join(f"{n} {t / hz:.2f}" for n, t in sorted(by.items(), key=lambda x: -x[1])[:top])
 
 def ts(e): return e["timestamp"]["seconds"] + e["timestamp"]["microseconds"] / 1e6
 
@@ -158,12 +180,14 @@ class RawVm:
         q.cmd("migrate-set-parameters", {"max-bandwidth": 0})
         q.cmd("migrate-set-capabilities", {"capabilities": [{"capability": "events", "state": True}, {"capability": "background-snapshot", "state": True}]})
         with q.cv: q.events.clear()
+        q0 = thread_cpu(self.p.pid) if THREADS else None
         c0 = os.times(); t0 = time.time()
         ids = q.send(("stop", None), ("blockdev-snapshot-sync", {"device": "drive-disk0", "snapshot-file": f"{run}/top{r}.qcow2", "format": "qcow2"}),
                      ("migrate", {"uri": "unix:" + sock}))
         for i in ids: q.wait(i)
         q.wait_event(lambda e: e["event"] == "MIGRATION" and e["data"]["status"] == "completed")
         t.join(); save = time.time() - t0; c1 = os.times()
+        if THREADS: print(f"#   raw save, QEMU threads (CPU s): {thread_delta(q0, thread_cpu(self.p.pid))}", file=sys.stderr, flush=True)
         self.sink_cpu = (c1.user - c0.user) + (c1.system - c0.system)  # this script, i.e. the raw sink
         stop = q.wait_event(lambda e: e["event"] == "STOP"); res = q.wait_event(lambda e: e["event"] == "RESUME")
         pause = (ts(res) - ts(stop)) * 1000
@@ -232,7 +256,11 @@ def main():
 
             def appliance_round(r):
                 http("POST", f"{base}/api/v1/vms/{vm}/resume?wait=true")
+                if THREADS:
+                    qpid = int(subprocess.run(["pgrep", "-f", "-n", "qemu-system.*" + data], capture_output=True, text=True).stdout.split()[0])
+                    th0, q0 = thread_cpu(app.pid), thread_cpu(qpid)
                 c0 = cpu_s(app.pid); t0 = time.time(); cp = http("POST", f"{base}/api/v1/vms/{vm}/checkpoints?wait=true", {"name": f"r{r}", "mode": "live"}); save = time.time() - t0; app_cpu.append(cpu_s(app.pid) - c0)
+                if THREADS: print(f"#   round {r} save, appliance threads (CPU s): {thread_delta(th0, thread_cpu(app.pid))}; its QEMU: {thread_delta(q0, thread_cpu(qpid))}", file=sys.stderr, flush=True)
                 t1 = time.time(); http("POST", f"{base}/api/v1/checkpoints/{cp['id']}/restore?force=true&wait=true"); restore = time.time() - t1
                 http("POST", f"{base}/api/v1/vms/{vm}/pause?wait=true")
                 app_rows.append((save, cp["guestPauseMs"], restore, cp["stateBytes"], cp["method"]))

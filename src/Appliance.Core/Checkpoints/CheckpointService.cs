@@ -159,6 +159,7 @@ public sealed partial class CheckpointService(
     {
         RequireSaveState(h, rec.Mode);
         var clock = new PhaseClock();
+        var gc = GcCounts.Now();
         using var cts = CancellationTokenSource.CreateLinkedTokenSource(qct);
         cts.CancelAfter(TimeSpan.FromSeconds(options.Value.SaveTimeoutSeconds));
         var ct = cts.Token;
@@ -202,8 +203,8 @@ public sealed partial class CheckpointService(
             clock.Mark("committed");
             if (h.Emulator is not null && h.Snapshot.State == VmState.Saving) h.SetState(await h.QueryStateAsync(h.Emulator, CancellationToken.None));
             clock.Mark("state-published");
-            log.LogInformation("VM {Vm}: checkpoint '{Name}' saved ({Method}, pause {Pause} ms, {Size} bytes) in {Ms:0} ms: {Phases}",
-                h.Vm.Spec.Name, rec.Name, cap.Method, cap.PauseMs, cap.State?.Size, clock.ElapsedMs, clock);
+            log.LogInformation("VM {Vm}: checkpoint '{Name}' saved ({Method}, pause {Pause} ms, {Size} bytes) in {Ms:0} ms: {Phases}; {Gc}",
+                h.Vm.Spec.Name, rec.Name, cap.Method, cap.PauseMs, cap.State?.Size, clock.ElapsedMs, clock, GcCounts.Now() - gc);
             return done;
         }
         catch
@@ -482,6 +483,7 @@ public sealed partial class CheckpointService(
             throw;
         }
         var received = await receive;
+        clock.Note(received.Cost);
         if (watch.StopAt is { } s && watch.ResumeAt is { } r && r >= s) pause = (r - s).TotalMilliseconds is var p && p > 0 ? p : pause;
         if (rec.Mode == "suspend")
         {
@@ -621,7 +623,7 @@ public sealed partial class CheckpointService(
             if (!File.Exists(path)) problems.Add("the state file is missing");
             else
             {
-                var (size, sha) = await StateStream.DigestFileAsync(path, ct);
+                var (size, sha) = await StateStream.DigestFileAsync(path, ct, dropCache: true);
                 if (size != state.Size) problems.Add($"the state file has {size} bytes, the manifest says {state.Size}");
                 else if (sha != state.Sha256) problems.Add("the state file's SHA-256 does not match the manifest");
             }

@@ -2,6 +2,7 @@ using System.Net;
 using System.Net.Sockets;
 using System.Net.WebSockets;
 using System.Security.Cryptography;
+using System.Security.Cryptography.X509Certificates;
 using Appliance.Core.Console;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
@@ -24,7 +25,7 @@ public sealed class DirectWebSocketTests : IAsyncLifetime
     private readonly string _dir = Directory.CreateTempSubdirectory("appliance-ws-").FullName;
     private WebApplication _app = null!;
     private Socket _listener = null!;
-    private Uri _h1 = null!, _h2 = null!;
+    private Uri _h1 = null!, _h2 = null!, _tls = null!;
     private readonly TaskCompletionSource<Socket> _sourceConn = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly TaskCompletionSource<(bool Direct, ProxyResult Result)> _proxied = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
@@ -42,6 +43,11 @@ public sealed class DirectWebSocketTests : IAsyncLifetime
         {
             k.Listen(IPAddress.Loopback, 0);
             k.Listen(IPAddress.Loopback, 0, l => l.Protocols = HttpProtocols.Http2);
+            k.Listen(IPAddress.Loopback, 0, l =>
+            {
+                l.Protocols = HttpProtocols.Http1;
+                l.UseHttps(SelfSigned());
+            });
         });
         _app = b.Build();
         _app.UseWebSockets();
@@ -62,6 +68,15 @@ public sealed class DirectWebSocketTests : IAsyncLifetime
         var all = _app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.Select(a => new Uri(a)).ToList();
         _h1 = new Uri($"ws://127.0.0.1:{all[0].Port}/proxy");
         _h2 = new Uri($"ws://127.0.0.1:{all[1].Port}/proxy");
+        _tls = new Uri($"wss://127.0.0.1:{all[2].Port}/proxy");
+    }
+
+    private static X509Certificate2 SelfSigned()
+    {
+        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var req = new CertificateRequest("CN=127.0.0.1", key, HashAlgorithmName.SHA256);
+        using var cert = req.CreateSelfSigned(DateTimeOffset.UtcNow.AddDays(-1), DateTimeOffset.UtcNow.AddDays(1));
+        return X509CertificateLoader.LoadPkcs12(cert.Export(X509ContentType.Pkcs12), null);
     }
 
     public async Task DisposeAsync()
@@ -75,6 +90,7 @@ public sealed class DirectWebSocketTests : IAsyncLifetime
     {
         var ws = new ClientWebSocket();
         ws.Options.AddSubProtocol("binary");
+        if (uri.Scheme == "wss") ws.Options.RemoteCertificateValidationCallback = (_, _, _, _) => true;
         if (pingEvery is { } p)
         {
             ws.Options.KeepAliveInterval = p;
@@ -218,6 +234,20 @@ public sealed class DirectWebSocketTests : IAsyncLifetime
         Assert.True(Interlocked.Read(ref written) > last);
         source.Dispose();
         await writer;
+    }
+
+    [Fact(Timeout = 60_000)]
+    public async Task TlsUpgrade_SinkWritesThroughTls_EveryByteInOrderWithPings()
+    {
+        // The sink writes into the connection's pipe above TLS, so its bytes are encrypted like the framework's.
+        using var ws = await ConnectAsync(_tls, pingEvery: TimeSpan.FromMilliseconds(5));
+        using var source = await _sourceConn.Task;
+        var sent = WriteRandomAsync(source, 16 << 20, 4);
+        var got = await ReadAllAsync(ws);
+        Assert.Equal(await sent, got.Sha256);
+        Assert.Equal(WebSocketCloseStatus.EndpointUnavailable, got.Close.CloseStatus);
+        var (direct, _) = await _proxied.Task;
+        Assert.True(direct);
     }
 
     [Fact(Timeout = 60_000)]

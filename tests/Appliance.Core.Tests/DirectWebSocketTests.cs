@@ -59,7 +59,8 @@ public sealed class DirectWebSocketTests : IAsyncLifetime
             using (ws)
             using (target)
             {
-                var r = await ByteProxy.RunAsync(ws, target, new ByteProxyOptions(), new TaskCompletionSource<string>().Task, ctx.RequestAborted, sink);
+                var o = ctx.Request.Query["idleMs"] is { Count: 1 } idle ? new ByteProxyOptions { IdleTimeout = TimeSpan.FromMilliseconds(int.Parse(idle[0]!)) } : new ByteProxyOptions();
+                var r = await ByteProxy.RunAsync(ws, target, o, new TaskCompletionSource<string>().Task, ctx.RequestAborted, sink);
                 _proxied.TrySetResult((sink is not null, r));
             }
         });
@@ -234,6 +235,33 @@ public sealed class DirectWebSocketTests : IAsyncLifetime
         Assert.True(Interlocked.Read(ref written) > last);
         source.Dispose();
         await writer;
+    }
+
+    [Fact(Timeout = 30_000)]
+    public async Task IdleTimeout_TrafficKeepsTheSessionThenSilenceClosesIt()
+    {
+        using var ws = await ConnectAsync(new Uri(_h1 + "?idleMs=1000"));
+        using var source = await _sourceConn.Task;
+        var buf = new byte[64];
+        // Input every 250 ms for 2.5 s: twice the idle timeout, and the session stays.
+        for (var i = 0; i < 10; i++)
+        {
+            await ws.SendAsync(new byte[] { (byte)i }, WebSocketMessageType.Binary, true, CancellationToken.None);
+            var n = await source.ReceiveAsync(buf, SocketFlags.None);
+            Assert.True(n == 1, $"round {i}: {n} bytes; proxy: {(_proxied.Task.IsCompleted ? _proxied.Task.Result.Result : "running")}");
+            await Task.Delay(250);
+        }
+        Assert.Equal(WebSocketState.Open, ws.State);
+        Assert.False(_proxied.Task.IsCompleted);
+
+        // Then nothing: closed with the reason.
+        var started = DateTime.UtcNow;
+        var r = await ws.ReceiveAsync(buf, CancellationToken.None);
+        Assert.Equal(WebSocketMessageType.Close, r.MessageType);
+        Assert.Equal(WebSocketCloseStatus.NormalClosure, r.CloseStatus);
+        Assert.Equal("No console traffic for 1 s.", r.CloseStatusDescription);
+        Assert.InRange(DateTime.UtcNow - started, TimeSpan.FromMilliseconds(500), TimeSpan.FromSeconds(10));
+        Assert.Equal(ProxyEnd.IdleTimeout, (await _proxied.Task).Result.End);
     }
 
     [Fact(Timeout = 60_000)]

@@ -35,17 +35,19 @@ public static class ByteProxy
         WebSocketFrameSink? sink = null)
     {
         using var abort = CancellationTokenSource.CreateLinkedTokenSource(ct);
-        using var idleCts = new CancellationTokenSource(o.IdleTimeout);
-        var idle = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        using var idleReg = idleCts.Token.Register(() => idle.TrySetResult());
+        using var idleStop = new CancellationTokenSource();
+        // A timestamp per transfer, checked by one timer: re-arming a timer for every message costs more.
+        var lastTouch = new[] { Environment.TickCount64 };
+        var idle = IdleAsync(lastTouch, o.IdleTimeout, idleStop.Token);
         var counters = new long[2];
-        void Touch() => idleCts.CancelAfter(o.IdleTimeout);
+        void Touch() => Volatile.Write(ref lastTouch[0], Environment.TickCount64);
 
         var up = sink is null
             ? TargetToClientAsync(ws, target, o.MaxFrameBytes, counters, Touch, abort.Token)
             : TargetToSinkAsync(sink, target, o.MaxFrameBytes, counters, Touch, abort.Token);
         var down = ClientToTargetAsync(ws, target, o.ReceiveBufferBytes, counters, Touch, abort.Token);
-        var first = await Task.WhenAny(up, down, stopped, idle.Task);
+        var first = await Task.WhenAny(up, down, stopped, idle);
+        await idleStop.CancelAsync();
 
         if (first == down)
         {
@@ -90,6 +92,17 @@ public static class ByteProxy
         if (await Task.WhenAny(down, Task.Delay(o.CloseTimeout, CancellationToken.None)) != down) await abort.CancelAsync();
         await Quietly(down);
         return new ProxyResult(how, reason, counters[0], counters[1]);
+    }
+
+    /// <summary>Completes once nothing moved for <paramref name="timeout"/>; canceled when the session ends another way.</summary>
+    private static async Task IdleAsync(long[] lastTouch, TimeSpan timeout, CancellationToken ct)
+    {
+        while (true)
+        {
+            var quiet = TimeSpan.FromMilliseconds(Environment.TickCount64 - Volatile.Read(ref lastTouch[0]));
+            if (quiet >= timeout) return;
+            await Task.Delay(timeout - quiet, ct);
+        }
     }
 
     private static async Task TargetToClientAsync(WebSocket ws, Socket target, int max, long[] counters, Action touch, CancellationToken ct)

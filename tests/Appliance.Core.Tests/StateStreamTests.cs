@@ -48,6 +48,28 @@ public sealed class StateStreamTests : IDisposable
     }
 
     [Fact(Timeout = 30_000)]
+    public async Task Receive_CancelledMidStream_ThrowsCancelledAndClosesTheFile()
+    {
+        var data = Payload();
+        var sock = Path.Combine(_dir, "m.sock");
+        var file = Path.Combine(_dir, "state");
+        using var listener = StateStream.Listen(sock);
+        using var cts = new CancellationTokenSource();
+        var twoWindows = new TaskCompletionSource();
+        var receive = StateStream.ReceiveAsync(listener, file, n => { if (n >= 20 << 20) twoWindows.TrySetResult(); }, cts.Token);
+        using var peer = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        await peer.ConnectAsync(new UnixDomainSocketEndPoint(sock));
+        await peer.SendAsync(data.AsMemory(0, 24 << 20), SocketFlags.None);
+        await twoWindows.Task;
+        cts.Cancel();
+
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => receive);
+        // FileShare.None takes an exclusive lock: this opens only once the sink (and its write-behind) let go.
+        using var again = new FileStream(file, FileMode.Open, FileAccess.ReadWrite, FileShare.None);
+        Assert.True(again.Length >= 20 << 20);
+    }
+
+    [Fact(Timeout = 30_000)]
     public async Task DigestThenSend_DroppingCacheWhileReading_PeerGetsTheWholeFile()
     {
         var data = Payload();

@@ -67,10 +67,11 @@ public static partial class StateStream
     private static Received Receive(Socket conn, string path, Action<long> progress)
     {
         using var file = new FileStream(path, FileMode.CreateNew, FileAccess.Write, FileShare.None, 0, FileOptions.None);
+        // Declared after the file, so disposed (its thread joined) before the file is closed.
+        using var behind = new WriteBehind(file.SafeFileHandle);
         using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
         var buf = ArrayPool<byte>.Shared.Rent(BufferSize);
-        long total = 0, receives = 0, tRecv = 0, tSha = 0, tWrite = 0, tSync = 0;
-        var behind = new WriteBehind(file.SafeFileHandle);
+        long total = 0, receives = 0, tRecv = 0, tSha = 0, tWrite = 0, tBehind = 0, tSync = 0;
         var cpu0 = ThreadCpu.Now();
         try
         {
@@ -85,12 +86,14 @@ public static partial class StateStream
                 var t2 = System.Diagnostics.Stopwatch.GetTimestamp();
                 RandomAccess.Write(file.SafeFileHandle, buf.AsSpan(0, n), total);
                 total += n;
-                behind.Written(total);
                 var t3 = System.Diagnostics.Stopwatch.GetTimestamp();
-                tRecv += t1 - t0; tSha += t2 - t1; tWrite += t3 - t2;
+                behind.Written(total);
+                var t4 = System.Diagnostics.Stopwatch.GetTimestamp();
+                tRecv += t1 - t0; tSha += t2 - t1; tWrite += t3 - t2; tBehind += t4 - t3;
                 progress(total);
             }
             var s0 = System.Diagnostics.Stopwatch.GetTimestamp();
+            behind.Stop();
             file.Flush(flushToDisk: true);
             behind.DropAll();
             tSync = System.Diagnostics.Stopwatch.GetTimestamp() - s0;
@@ -98,7 +101,7 @@ public static partial class StateStream
         finally { ArrayPool<byte>.Shared.Return(buf); }
         static double Ms(long ticks) => ticks * 1000.0 / System.Diagnostics.Stopwatch.Frequency;
         var cpu = ThreadCpu.Now() - cpu0;
-        var cost = FormattableString.Invariant($"sink {receives} receives, recv {Ms(tRecv):0} ms, sha {Ms(tSha):0} ms, write {Ms(tWrite):0} ms, fsync {Ms(tSync):0} ms, CPU user {cpu.UserMs:0} ms sys {cpu.SystemMs:0} ms");
+        var cost = FormattableString.Invariant($"sink {receives} receives, recv {Ms(tRecv):0} ms, sha {Ms(tSha):0} ms, write {Ms(tWrite):0} ms, write-behind {Ms(tBehind):0} ms, fsync {Ms(tSync):0} ms, CPU user {cpu.UserMs:0} ms sys {cpu.SystemMs:0} ms; {behind.Cost}");
         return new Received(total, Convert.ToHexStringLower(sha.GetHashAndReset()), cost);
     }
 
@@ -203,35 +206,88 @@ public static partial class StateStream
     /// its host (virtio-balloon free page reporting) those cost a host fault each (measured: writing
     /// 600 MB took 1.6-1.9 s of system time instead of 0.2 s once a few GB were cached), and QEMU lost
     /// that CPU. Recycling a few windows of pages avoids it, and leaves the final fsync little to do.
-    /// Advice only: the fsync at the end is what makes the file durable.
+    /// The receiving thread only starts writeback (does not wait); waiting for a window to be written
+    /// and dropping it happen on a thread of their own, so the thread that drains QEMU's socket never
+    /// sleeps on the disk. Advice only: the fsync at the end is what makes the file durable.
     /// </summary>
-    private sealed class WriteBehind(Microsoft.Win32.SafeHandles.SafeFileHandle file)
+    private sealed class WriteBehind : IDisposable
     {
         private const uint WaitBefore = 1, Write = 2, WaitAfter = 4;
         public const int DontNeed = 4;
-        private readonly bool _enabled = OperatingSystem.IsLinux();
-        private long _started;
+        private readonly Microsoft.Win32.SafeHandles.SafeFileHandle _file;
+        private readonly Thread? _retirer;
+        private readonly object _gate = new();
+        private long _started;     // receiving thread: start of the newest window handed to writeback
+        private long _retireUpTo;  // under _gate: everything before this may be waited for and dropped
+        private bool _stopping;    // under _gate
+        private long _retired, _retires, _tWait;  // retiring thread; read after it is joined
+        private ThreadCpu _cpu;
+
+        public WriteBehind(Microsoft.Win32.SafeHandles.SafeFileHandle file)
+        {
+            _file = file;
+            if (!OperatingSystem.IsLinux()) return;
+            _retirer = new Thread(Retire) { IsBackground = true, Name = "checkpoint write-behind" };
+            _retirer.Start();
+        }
+
+        public string Cost => FormattableString.Invariant($"write-behind thread {_retires} waits, {_tWait * 1000.0 / System.Diagnostics.Stopwatch.Frequency:0} ms, CPU user {_cpu.UserMs:0} ms sys {_cpu.SystemMs:0} ms");
 
         public void Written(long total)
         {
-            if (!_enabled || total - _started < WriteBehindWindow) return;
+            if (_retirer is null || total - _started < WriteBehindWindow) return;
             var end = total / WriteBehindWindow * WriteBehindWindow;
-            _ = SyncFileRange(file, _started, end - _started, Write);
-            if (_started >= WriteBehindWindow)
+            _ = SyncFileRange(_file, _started, end - _started, Write);
+            // The windows before this one started writeback at least one window ago.
+            lock (_gate)
             {
-                // The previous window started writeback one window ago: usually finished, so this rarely waits.
-                var prev = _started - WriteBehindWindow;
-                _ = SyncFileRange(file, prev, WriteBehindWindow, WaitBefore | Write | WaitAfter);
-                _ = Fadvise(file, prev, WriteBehindWindow, DontNeed);
+                _retireUpTo = _started;
+                Monitor.Pulse(_gate);
             }
             _started = end;
+        }
+
+        private void Retire()
+        {
+            var cpu0 = ThreadCpu.Now();
+            while (true)
+            {
+                long upTo;
+                lock (_gate)
+                {
+                    while (!_stopping && _retireUpTo <= _retired) Monitor.Wait(_gate);
+                    if (_stopping) break;
+                    upTo = _retireUpTo;
+                }
+                var t0 = System.Diagnostics.Stopwatch.GetTimestamp();
+                _ = SyncFileRange(_file, _retired, upTo - _retired, WaitBefore | Write | WaitAfter);
+                _ = Fadvise(_file, _retired, upTo - _retired, DontNeed);
+                _tWait += System.Diagnostics.Stopwatch.GetTimestamp() - t0;
+                _retires++;
+                _retired = upTo;
+            }
+            _cpu = ThreadCpu.Now() - cpu0;
+        }
+
+        /// <summary>Ends the retiring thread (what it has not reached is left to the fsync and <see cref="DropAll"/>).</summary>
+        public void Stop()
+        {
+            if (_retirer is null) return;
+            lock (_gate)
+            {
+                _stopping = true;
+                Monitor.Pulse(_gate);
+            }
+            _retirer.Join();
         }
 
         /// <summary>After the fsync every page is clean and can go.</summary>
         public void DropAll()
         {
-            if (_enabled) _ = Fadvise(file, 0, 0, DontNeed);
+            if (_retirer is not null) _ = Fadvise(_file, 0, 0, DontNeed);
         }
+
+        public void Dispose() => Stop();
     }
 
     /// <summary>Drops from the page cache what a sequential reader is done with, one window behind it.</summary>

@@ -129,10 +129,13 @@ def raw_qemu(argv, run, disk, incoming=False):
         try: os.unlink(f"{run}/{f}")
         except FileNotFoundError: pass
     p = subprocess.Popen(out, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(200):
-        if os.path.exists(f"{run}/qmp.sock"): break
-        time.sleep(0.02)
-    return p, Qmp(f"{run}/qmp.sock")
+    # The socket file appears at bind(), a moment before QEMU listens: retry the connect until a deadline.
+    end = time.time() + 4
+    while True:
+        try: return p, Qmp(f"{run}/qmp.sock")
+        except (FileNotFoundError, ConnectionRefusedError):
+            if time.time() > end: raise
+            time.sleep(0.02)
 
 def serial_cmd(run, line):
     s = socket.socket(socket.AF_UNIX); s.connect(f"{run}/serial.sock"); s.sendall((line + "\n").encode()); return s

@@ -1,7 +1,11 @@
 using Appliance.Core;
+using Appliance.Core.Checkpoints;
 using Appliance.Data;
 using Appliance.Web;
 using Microsoft.Extensions.Options;
+
+// The stream keeper is this executable too (see StreamKeeper): it runs its loop and never builds the web host.
+if (StreamKeeper.IsCommand(args)) return StreamKeeper.Run(args);
 
 var builder = ApplianceHost.CreateBuilder(args);
 

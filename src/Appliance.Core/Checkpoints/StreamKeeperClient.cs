@@ -10,11 +10,16 @@ namespace Appliance.Core.Checkpoints;
 /// <summary>How to start the appliance's own executable: the host and, for <c>dotnet app.dll</c>, the app.</summary>
 public sealed record StreamKeeperCommand(IReadOnlyList<string> Prefix)
 {
-    /// <summary>The running host with <paramref name="appDll"/> when it is the <c>dotnet</c> muxer; an apphost runs the app itself.</summary>
+    /// <summary>
+    /// The app's own apphost when that is what runs; otherwise the <c>dotnet</c> muxer with <paramref name="appDll"/>
+    /// (also when the host is another program, such as a test host).
+    /// </summary>
     public static StreamKeeperCommand ForApp(string appDll)
     {
-        var host = Environment.ProcessPath ?? "dotnet";
-        return Path.GetFileNameWithoutExtension(host) == "dotnet" ? new([host, appDll]) : new([host]);
+        var host = Environment.ProcessPath ?? "";
+        if (Path.GetFileNameWithoutExtension(host) == Path.GetFileNameWithoutExtension(appDll)) return new([host]);
+        if (Path.GetFileNameWithoutExtension(host) != "dotnet") host = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") ?? "/usr/bin/dotnet";
+        return new([host, appDll]);
     }
 }
 

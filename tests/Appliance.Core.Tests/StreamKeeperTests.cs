@@ -36,14 +36,13 @@ public sealed partial class StreamKeeperTests
         using (peer)
         {
             DescriptorPassing.Send(sender.SafeHandle, "hold"u8, stream.SafeHandle);
-            var sentFd = (int)stream.SafeHandle.DangerousGetHandle();
-            stream.Dispose();
-
             var buf = new byte[16];
             var n = DescriptorPassing.Receive(receiver.SafeHandle, buf, out var fd);
             Assert.Equal("hold", System.Text.Encoding.ASCII.GetString(buf, 0, n));
             Assert.NotNull(fd);
-            Assert.NotEqual(sentFd, (int)fd.DangerousGetHandle());
+            Assert.NotEqual(stream.SafeHandle.DangerousGetHandle(), fd.DangerousGetHandle());
+            // The sender's copy goes away; the received descriptor keeps the socket open on its own.
+            stream.Dispose();
             using var got = Adopt(fd);
             await peer.SendAsync("through the passed descriptor"u8.ToArray(), SocketFlags.None);
             var read = new byte[64];

@@ -28,6 +28,12 @@ public sealed class CheckpointOptions
 
     /// <summary>How long a save may take before it is abandoned.</summary>
     public int SaveTimeoutSeconds { get; set; } = 600;
+
+    /// <summary>
+    /// Hand each background-snapshot stream to the stream keeper process, which finishes it if the appliance
+    /// dies mid-save (otherwise QEMU 7.2 leaves the guest hung). See <see cref="Checkpoints.StreamKeeper"/>.
+    /// </summary>
+    public bool StreamKeeper { get; set; } = true;
 }
 
 /// <summary>A checkpoint as the API lists it, with the space it alone holds.</summary>
@@ -42,6 +48,7 @@ public sealed partial class CheckpointService(
     ICheckpointStore store,
     IStorageStore storage,
     IOptions<CheckpointOptions> options,
+    StreamKeeperClient keeper,
     ILogger<CheckpointService> log)
 {
     public static readonly string[] Modes = ["live", "suspend", "disk-only"];
@@ -400,6 +407,9 @@ public sealed partial class CheckpointService(
         await qmp.ExecuteAsync("migrate-set-parameters", new JsonObject { ["max-bandwidth"] = 0 }, ct);
         var background = rec.Mode == "live" && wasRunning && options.Value.BackgroundSnapshot && await TrySetCapabilitiesAsync(qmp, background: true, ct);
         if (!background) await TrySetCapabilitiesAsync(qmp, background: false, ct);
+        // Only a background snapshot leaves the guest hung when its reader vanishes; started once, before the first.
+        var kept = background && await keeper.EnsureStartedAsync(ct);
+        clock.Mark(kept ? "keeper-ready" : "no-keeper");
 
         using var listener = StateStream.Listen(e.Paths.MigrationSocket);
         using var streamCts = CancellationTokenSource.CreateLinkedTokenSource(ct);
@@ -409,7 +419,7 @@ public sealed partial class CheckpointService(
             if (lastReport.ElapsedMilliseconds < 100) return;
             lastReport.Restart();
             sup.Jobs.Progress(jobId, n, Math.Max(n, total));
-        }, streamCts.Token);
+        }, streamCts.Token, kept ? conn => keeper.Hold(rec.Id, conn) : null);
         _ = receive.ContinueWith(_ => clock.Mark("sink-eof"), TaskScheduler.Default);
         using var watch = new MigrationWatch(qmp, clock);
         clock.Mark("configured");

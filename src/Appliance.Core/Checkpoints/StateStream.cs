@@ -35,15 +35,27 @@ public static partial class StateStream
         }
     }
 
-    /// <summary>Accepts one connection and writes everything it sends to <paramref name="path"/>, flushed to disk.</summary>
-    public static async Task<Received> ReceiveAsync(Socket listener, string path, Action<long> progress, CancellationToken ct)
+    /// <summary>
+    /// Accepts one connection and writes everything it sends to <paramref name="path"/>, flushed to disk.
+    /// <paramref name="accepted"/> sees the connection before the first byte is read; what it returns is
+    /// disposed when the receive ends, whether it completed or was cancelled.
+    /// </summary>
+    public static async Task<Received> ReceiveAsync(Socket listener, string path, Action<long> progress, CancellationToken ct,
+        Func<Socket, IDisposable?>? accepted = null)
     {
         var conn = await listener.AcceptAsync(ct);
         // QEMU writes a few KiB at a time; without a low-water mark each receive wakes for one small write
         // (measured: 32 000 receives for 180 MB). Must stay well below QEMU's socket send buffer (208 KiB by
         // default) or both ends would wait for each other.
         conn.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReceiveLowWater, ReceiveLowWater);
-        return await OnOwnThreadAsync(conn, () => Receive(conn, path, progress), ct);
+        IDisposable? lease;
+        try { lease = accepted?.Invoke(conn); }
+        catch
+        {
+            conn.Dispose();
+            throw;
+        }
+        return await OnOwnThreadAsync(conn, () => Receive(conn, path, progress), ct, lease);
     }
 
     /// <summary>
@@ -51,17 +63,26 @@ public static partial class StateStream
     /// thread-pool turn, and while the sink waits QEMU's migration thread blocks on a full socket
     /// (measured: 3-6 s instead of 1.3 s for a 180 MB stream with a load average of 16 on two cores).
     /// </summary>
-    private static Task<T> OnOwnThreadAsync<T>(Socket conn, Func<T> work, CancellationToken ct) =>
+    private static Task<T> OnOwnThreadAsync<T>(Socket conn, Func<T> work, CancellationToken ct, IDisposable? lease = null) =>
         Task.Factory.StartNew(() =>
         {
-            // Closing the socket is the only way to interrupt a blocking receive or send.
-            using var stop = ct.Register(conn.Dispose);
+            // Shutting the socket down is the only way to interrupt a blocking receive or send; a shutdown (unlike
+            // a close) also ends the stream for QEMU when another process holds a duplicate of the descriptor.
+            using var stop = ct.Register(() =>
+            {
+                try { conn.Shutdown(SocketShutdown.Both); } catch (Exception e) when (e is SocketException or ObjectDisposedException) { }
+                conn.Dispose();
+            });
             try { return work(); }
             catch (Exception e) when (ct.IsCancellationRequested && e is SocketException or ObjectDisposedException)
             {
                 throw new OperationCanceledException(ct);
             }
-            finally { conn.Dispose(); }
+            finally
+            {
+                lease?.Dispose();
+                conn.Dispose();
+            }
         }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
 
     private static Received Receive(Socket conn, string path, Action<long> progress)

@@ -64,6 +64,8 @@ public static class CheckpointApi
         s.AddOptions<CheckpointOptions>().Bind(config.GetSection(CheckpointOptions.Section));
         s.AddSingleton<CheckpointRepository>();
         s.AddSingleton<ICheckpointStore>(sp => sp.GetRequiredService<CheckpointRepository>());
+        s.AddSingleton(StreamKeeperCommand.ForApp(typeof(Program).Assembly.Location));
+        s.AddSingleton<StreamKeeperClient>();
         s.AddSingleton<CheckpointService>();
         s.AddSingleton<CheckpointArchive>();
         s.AddHostedService<CheckpointStartup>();

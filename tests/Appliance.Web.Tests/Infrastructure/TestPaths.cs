@@ -22,7 +22,7 @@ public static class TestPaths
         throw new InvalidOperationException("Appliance.sln not found above " + AppContext.BaseDirectory);
     }
 
-    /// <summary>Kills every emulator whose command line names <paramref name="dataDir"/>: tests must not leave guests behind.</summary>
+    /// <summary>Kills every emulator (and stream keeper) whose command line names <paramref name="dataDir"/>: tests must not leave guests behind.</summary>
     public static void KillEmulatorsUnder(string dataDir)
     {
         foreach (var proc in Directory.EnumerateDirectories("/proc"))
@@ -31,7 +31,7 @@ public static class TestPaths
             string cmd;
             try { cmd = File.ReadAllText(Path.Combine(proc, "cmdline")); }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException) { continue; }
-            if (cmd.Contains("qemu-system", StringComparison.Ordinal) && cmd.Contains(dataDir, StringComparison.Ordinal))
+            if ((cmd.Contains("qemu-system", StringComparison.Ordinal) || cmd.Contains("--stream-keeper", StringComparison.Ordinal)) && cmd.Contains(dataDir, StringComparison.Ordinal))
             {
                 try { System.Diagnostics.Process.GetProcessById(pid).Kill(); } catch (Exception) { }
             }

@@ -17,10 +17,12 @@ public class ApplianceFactory : WebApplicationFactory<Program>
     private readonly Dictionary<string, string?> _settings;
 
     private readonly Action<IServiceCollection>? _services;
+    private readonly bool _ownsDataDir;
 
     public ApplianceFactory(string? dataDir = null, IDictionary<string, string?>? settings = null, Action<IServiceCollection>? services = null)
     {
         _services = services;
+        _ownsDataDir = dataDir is null;
         DataDir = dataDir ?? TestPaths.NewDataDir();
         _settings = new Dictionary<string, string?>
         {
@@ -110,14 +112,20 @@ public class ApplianceFactory : WebApplicationFactory<Program>
     protected override void Dispose(bool disposing)
     {
         try { base.Dispose(disposing); }
-        finally { TestPaths.KillEmulatorsUnder(DataDir); }
+        finally { Cleanup(); }
     }
 
     public override async ValueTask DisposeAsync()
     {
         try { await base.DisposeAsync(); }
-        finally { TestPaths.KillEmulatorsUnder(DataDir); }
+        finally { Cleanup(); }
         GC.SuppressFinalize(this);
+    }
+
+    private void Cleanup()
+    {
+        TestPaths.KillEmulatorsUnder(DataDir);
+        if (_ownsDataDir) TestPaths.DeleteDataDir(DataDir);
     }
 }
 

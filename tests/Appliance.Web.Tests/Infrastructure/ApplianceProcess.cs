@@ -13,9 +13,11 @@ public sealed class ApplianceProcess : IAsyncDisposable
     private Process? _process;
     private readonly Dictionary<string, string> _env;
     private readonly List<string> _output = [];
+    private readonly bool _ownsDataDir;
 
     public ApplianceProcess(string? dataDir = null, IDictionary<string, string>? env = null)
     {
+        _ownsDataDir = dataDir is null;
         DataDir = dataDir ?? TestPaths.NewDataDir();
         _env = new Dictionary<string, string>
         {
@@ -144,5 +146,6 @@ public sealed class ApplianceProcess : IAsyncDisposable
         if (_process is { HasExited: false }) await KillAsync();
         _process?.Dispose();
         TestPaths.KillEmulatorsUnder(DataDir);
+        if (_ownsDataDir) TestPaths.DeleteDataDir(DataDir);
     }
 }

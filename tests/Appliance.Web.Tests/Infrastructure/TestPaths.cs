@@ -15,6 +15,28 @@ public static class TestPaths
         return dir;
     }
 
+    /// <summary>Removes a data folder a fixture created, once its emulators are gone; a folder still busy is left with a note.</summary>
+    public static void DeleteDataDir(string dataDir)
+    {
+        for (var attempt = 0; ; attempt++)
+        {
+            try
+            {
+                if (Directory.Exists(dataDir)) Directory.Delete(dataDir, recursive: true);
+                return;
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                if (attempt == 20)
+                {
+                    Console.Error.WriteLine($"test data folder {dataDir} not removed: {e.Message}");
+                    return;
+                }
+                Thread.Sleep(50); // a process that was just killed may still hold a file in it
+            }
+        }
+    }
+
     private static string FindRoot()
     {
         for (var d = new DirectoryInfo(AppContext.BaseDirectory); d is not null; d = d.Parent)

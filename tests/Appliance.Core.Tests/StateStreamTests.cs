@@ -47,8 +47,10 @@ public sealed class StateStreamTests : IDisposable
         Assert.Equal(data, await File.ReadAllBytesAsync(file));
     }
 
-    [Fact(Timeout = 30_000)]
-    public async Task Receive_CancelledMidStream_ThrowsCancelledAndClosesTheFile()
+    [Theory(Timeout = 30_000)]
+    [InlineData(20)] // cancelled while bytes are still arriving
+    [InlineData(24)] // cancelled while the sink waits for more: the shutdown then reads as an end of stream
+    public async Task Receive_CancelledMidStream_ThrowsCancelledAndClosesTheFile(int cancelAtMiB)
     {
         var data = Payload();
         var sock = Path.Combine(_dir, "m.sock");
@@ -56,7 +58,7 @@ public sealed class StateStreamTests : IDisposable
         using var listener = StateStream.Listen(sock);
         using var cts = new CancellationTokenSource();
         var twoWindows = new TaskCompletionSource();
-        var receive = StateStream.ReceiveAsync(listener, file, n => { if (n >= 20 << 20) twoWindows.TrySetResult(); }, cts.Token);
+        var receive = StateStream.ReceiveAsync(listener, file, n => { if (n >= (long)cancelAtMiB << 20) twoWindows.TrySetResult(); }, cts.Token);
         using var peer = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
         await peer.ConnectAsync(new UnixDomainSocketEndPoint(sock));
         await peer.SendAsync(data.AsMemory(0, 24 << 20), SocketFlags.None);

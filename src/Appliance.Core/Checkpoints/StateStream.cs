@@ -73,7 +73,13 @@ public static partial class StateStream
                 try { conn.Shutdown(SocketShutdown.Both); } catch (Exception e) when (e is SocketException or ObjectDisposedException) { }
                 conn.Dispose();
             });
-            try { return work(); }
+            try
+            {
+                var result = work();
+                // A receive that the shutdown interrupts sees an ordinary end of stream: the bytes so far are not the stream.
+                ct.ThrowIfCancellationRequested();
+                return result;
+            }
             catch (Exception e) when (ct.IsCancellationRequested && e is SocketException or ObjectDisposedException)
             {
                 throw new OperationCanceledException(ct);

@@ -25,6 +25,8 @@ public sealed class Browser : IAsyncDisposable
             ],
         });
         b.Context.SetDefaultTimeout(30_000);
+        // Assertions poll until this deadline (5 s by default): the suite runs beside QEMU guests on two cores.
+        Assertions.SetDefaultExpectTimeout(20_000);
         return b;
     }
 

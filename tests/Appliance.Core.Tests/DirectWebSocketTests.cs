@@ -65,7 +65,7 @@ public sealed class DirectWebSocketTests : IAsyncLifetime
             }
         });
         await _app.StartAsync();
-        // Listen order is kept by Kestrel's address list; the HTTP/2-only endpoint is the second.
+        // Kestrel lists addresses in listen order: HTTP/1.1, HTTP/2 only, HTTPS.
         var all = _app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.Select(a => new Uri(a)).ToList();
         _h1 = new Uri($"ws://127.0.0.1:{all[0].Port}/proxy");
         _h2 = new Uri($"ws://127.0.0.1:{all[1].Port}/proxy");

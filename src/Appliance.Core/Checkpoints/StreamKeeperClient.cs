@@ -48,7 +48,7 @@ public sealed class StreamKeeperClient(
     public int? Pid => _current is { Exited.IsCompleted: false } k ? k.Pid : null;
 
     /// <summary>Where the control socket lives while the keeper connects: short enough for a unix socket path.</summary>
-    private string SocketDir => Path.Combine(Path.GetDirectoryName(RuntimePaths.For(sup.DataDir, Guid.Empty).RunDir)!, "keeper");
+    private string SocketDir => Path.Combine(RuntimePaths.RootFor(sup.DataDir), "keeper");
 
     /// <summary>True when a keeper is running (started now if needed); false, logged, when none can be had.</summary>
     public async Task<bool> EnsureStartedAsync(CancellationToken ct)

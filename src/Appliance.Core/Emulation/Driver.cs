@@ -14,13 +14,15 @@ public sealed record RuntimePaths(string RunDir)
     /// <c>&lt;data&gt;/run/&lt;8 hex&gt;</c> when short enough for unix socket paths (107 bytes), else a short base under /tmp
     /// named after a hash of the data directory, so two appliances never share it.
     /// </summary>
-    public static RuntimePaths For(string dataDir, Guid vmId)
+    public static RuntimePaths For(string dataDir, Guid vmId) => new(Path.Combine(RootFor(dataDir), vmId.ToString("N")[..8]));
+
+    /// <summary>The folder that holds every VM's runtime folder (and the stream keeper's): names in it are 8 characters.</summary>
+    public static string RootFor(string dataDir)
     {
-        var shortId = vmId.ToString("N")[..8];
-        var preferred = Path.Combine(dataDir, "run", shortId);
-        if (System.Text.Encoding.UTF8.GetByteCount(Path.Combine(preferred, "serial.sock")) <= 100) return new RuntimePaths(preferred);
+        var preferred = Path.Combine(dataDir, "run");
+        if (System.Text.Encoding.UTF8.GetByteCount(Path.Combine(preferred, "01234567", "serial.sock")) <= 100) return preferred;
         var hash = Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(dataDir)))[..8];
-        return new RuntimePaths(Path.Combine("/tmp", $"appliance-{hash}", shortId));
+        return Path.Combine("/tmp", $"appliance-{hash}");
     }
 
     public string QmpSocket => Path.Combine(RunDir, "qmp.sock");
